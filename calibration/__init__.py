@@ -1,0 +1,1 @@
+"""Affectline calibration data: real person/scene view pairs for INT8 quantization."""

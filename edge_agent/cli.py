@@ -1,0 +1,97 @@
+"""The ``affectline`` command line: thin wrappers around library functions.
+
+Subcommands: ``run``, ``watch``, ``validate``, ``bench``, ``train ...``, ``engines ...``.
+Library code raises; only this module turns errors into messages and exit codes
+(0 ok, 1 runtime failure, 2 bad input such as an invalid config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from edge_agent.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{args.config}: ok ({len(cfg.cameras)} camera(s), backend {cfg.inference.backend.type})")
+    return EXIT_OK
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """Import a subcommand's module only when it runs (keeps `validate` and `--help` light)."""
+
+    def call(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), func)(args))
+
+    return call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affectline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a config file; print every problem")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="run the agent (default: embedded demo clip, model and broker)")
+    p.add_argument("config", nargs="?", help="config file (default: the built-in demo config)")
+    p.add_argument("--preview", help="write an annotated video here (overrides the config)")
+    p.add_argument("--console", action="store_true", help="show a live per-person table")
+    p.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0 = until the sources end)")
+    p.set_defaults(func=_lazy("edge_agent.app", "cli_run"))
+
+    p = sub.add_parser("watch", help="subscribe to an agent and show a live per-person table")
+    p.add_argument("config", nargs="?", help="config file naming the broker (default: localhost:1883)")
+    p.add_argument("--camera", help="only this camera")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = forever)")
+    p.set_defaults(func=_lazy("edge_agent.watch", "cli_watch"))
+
+    p = sub.add_parser("bench", help="benchmark the full pipeline on clips")
+    p.add_argument("clips", nargs="*", help="video files (default: the demo clip)")
+    p.add_argument("--config", help="config file for detector/model settings")
+    p.add_argument("--frames", type=int, default=0, help="frames per clip (0 = whole clip)")
+    p.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="soak test on a looping clip")
+    p.add_argument("--json", help="also write results here")
+    p.set_defaults(func=_lazy("edge_agent.bench", "cli_bench"))
+
+    for package in ("train", "engines"):
+        try:
+            cli = importlib.import_module(f"{package}.cli")
+        except ImportError:
+            continue
+        cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

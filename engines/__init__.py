@@ -1,0 +1,1 @@
+"""Affectline engines: ONNX export, INT8 quantization and TensorRT engine builds."""

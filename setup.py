@@ -1,0 +1,46 @@
+"""Affectline: per-person, scene-aware emotion estimates from camera feeds, published over MQTT."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    # mediapipe 0.10.21 is the last wheel that bundles BlazeFace; it needs numpy<2.
+    "mediapipe==0.10.21",
+    "numpy>=1.23,<2",
+    # opencv 5 drops the HOG/Haar and some dnn importers we rely on.
+    "opencv-python>=4.8,<5",
+    "onnxruntime>=1.17",
+    "onnx>=1.15",
+    "paho-mqtt>=2.0,<3",
+    "pyyaml>=6",
+    "pydantic>=2.6,<3",
+    "jsonschema>=4",
+    # Embedded loopback broker for the demo and for users without a broker.
+    "amqtt>=0.11",
+]
+
+EXTRAS = {
+    "train": [
+        # 2.13.0 is a CPU wheel on the dev machines; any torch>=2.2 works.
+        "torch>=2.2",
+        "tqdm",
+        "sentence-transformers",
+        "open_clip_torch",
+    ],
+    "trt": ["tensorrt>=10", "cuda-python"],
+    "dev": ["pytest>=8", "hypothesis", "ruff", "mypy", "types-PyYAML"],
+}
+
+setup(
+    name="affectline",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=["edge_agent*", "train*", "engines*", "calibration*"]),
+    package_data={
+        "edge_agent": ["models/*.onnx", "models/*.json", "schemas/*.json"],
+        "train": ["teachers/*.yaml", "teachers/*.npz"],
+    },
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["affectline=edge_agent.cli:main"]},
+)

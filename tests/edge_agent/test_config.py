@@ -1,0 +1,115 @@
+"""Config schema: the shipped config is valid; every bad value names key path, value and rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_agent.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {"cameras": [{"name": "cam", "source": {"type": "file", "path": "x.mp4"}}]}
+
+
+def with_(path: str, value: object) -> dict:
+    """MINIMAL with one key path (dots; digits index lists) set to value."""
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    node = data
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    node[keys[-1]] = value
+    return data
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(ROOT / "config.yaml")
+    assert cfg.cameras[0].source.type == "file"
+    assert cfg.metrics.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("cameras", [], "cameras: value []"),
+        ("cameras.0.name", "", "cameras.0.name: value ''"),
+        ("cameras.0.name", "a b", "cameras.0.name: value 'a b'"),
+        ("cameras.0.source", {"type": "ftp"}, "cameras.0.source"),
+        ("cameras.0.source", {"type": "rtsp", "url": "http://cam"}, "cameras.0.source.url: value 'http://cam'"),
+        ("cameras.0.source", {"type": "gstreamer", "pipeline": "v4l2src ! fakesink"}, "appsink"),
+        ("cameras.0.source", {"type": "file"}, "cameras.0.source.path: required key is missing"),
+        ("cameras.0.roi", [0.5, 0, 0.4, 1], "roi must satisfy"),
+        ("cameras.0.fps_cap", -1, "cameras.0.fps_cap: value -1"),
+        ("cameras.0.reconnect", {"initial_backoff_s": 10, "max_backoff_s": 1}, "max_backoff_s must be >="),
+        ("tracking", {"low_threshold": 0.9, "high_threshold": 0.5}, "low_threshold must be <="),
+        ("tracking.death_s", 0, "tracking.death_s: value 0"),
+        ("smoothing.half_life_s", 0, "smoothing.half_life_s"),
+        ("inference.backend", {"type": "tensorrt"}, "inference.backend.engine: required key is missing"),
+        ("mqtt.port", 70000, "mqtt.port: value 70000"),
+        ("mqtt", {"host": "broker", "port": 0}, "port 0"),
+        ("mqtt.tls", {"certfile": "a.pem"}, "certfile and keyfile must be given together"),
+        ("detectoin", {}, "detectoin: value {...}: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_name_path_value_and_rule(path: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_(path, value))
+    assert any(expected in line for line in info.value.problems), info.value.problems
+
+
+def test_duplicate_camera_names_rejected() -> None:
+    data = {"cameras": [MINIMAL["cameras"][0], MINIMAL["cameras"][0]]}
+    with pytest.raises(ConfigError, match="repeated"):
+        parse_config(data)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = with_("mqtt.port", -5)
+    data["tracking"] = {"death_s": -1}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert len(info.value.problems) == 2
+
+
+def test_env_secrets_are_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AFFECTLINE_TEST_PW", "s3cret")
+    cfg = parse_config(with_("mqtt.password", "${AFFECTLINE_TEST_PW}"))
+    assert cfg.mqtt.password == "s3cret"
+
+
+def test_missing_env_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AFFECTLINE_NOPE", raising=False)
+    with pytest.raises(ConfigError, match="mqtt.password: environment variable AFFECTLINE_NOPE is not set"):
+        parse_config(with_("mqtt.password", "${AFFECTLINE_NOPE}"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", "expected a mapping"), ("a: [", "not valid YAML"), ("- 1", "expected a mapping")])
+def test_not_a_config(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("content", "code"), [("cameras: []\nmqtt: {port: -1}\n", 2), (None, 0)])
+def test_validate_cli_exit_code_and_no_traceback(tmp_path: Path, content: str | None, code: int) -> None:
+    path = ROOT / "config.yaml"
+    if content is not None:
+        path = tmp_path / "bad.yaml"
+        path.write_text(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "validate", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == code
+    assert "Traceback" not in proc.stderr
+    if code:
+        assert "cameras: value []" in proc.stderr and "mqtt.port: value -1" in proc.stderr

@@ -1,0 +1,1 @@
+"""Affectline training: UniEmoX-style dual-view, semantic-guided pretraining and fine-tuning."""
