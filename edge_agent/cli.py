@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="config file (default: the built-in demo config)")
     p.add_argument("--preview", help="write an annotated video here (overrides the config)")
     p.add_argument("--console", action="store_true", help="show a live per-person table")
-    p.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0 = until the sources end)")
+    p.add_argument(
+        "--max-seconds", type=float, default=0, help="stop after this long (0 = until the sources end)"
+    )
     p.set_defaults(func=_lazy("edge_agent.app", "cli_run"))
 
     p = sub.add_parser("watch", help="subscribe to an agent and show a live per-person table")

@@ -111,9 +111,7 @@ class OnnxBodyDetector(Strict):
     person_confidence: float = Field(0.4, ge=0, le=1)
 
 
-DetectorKind = Annotated[
-    BlazeFaceDetector | SsdBodyDetector | OnnxBodyDetector, Field(discriminator="type")
-]
+DetectorKind = Annotated[BlazeFaceDetector | SsdBodyDetector | OnnxBodyDetector, Field(discriminator="type")]
 
 
 class Detection(Strict):
@@ -157,14 +155,18 @@ Backend = Annotated[OnnxRuntimeBackend | TensorRTBackend, Field(discriminator="t
 class Inference(Strict):
     backend: Backend = OnnxRuntimeBackend(type="onnxruntime")
     reinfer_every_n: int = Field(5, ge=1, le=300, description="frames between re-inference of a track")
-    reinfer_scale_change: float = Field(0.2, gt=0, le=10, description="box size change that forces re-inference")
+    reinfer_scale_change: float = Field(
+        0.2, gt=0, le=10, description="box size change that forces re-inference"
+    )
     max_batch: int = Field(16, ge=1, le=256)
 
 
 # ----------------------------------------------------------------------------- smoothing
 class Smoothing(Strict):
     half_life_s: float = Field(1.0, gt=0, le=600)
-    min_dwell_s: float = Field(1.0, ge=0, le=600, description="time a new label must lead before it is reported")
+    min_dwell_s: float = Field(
+        1.0, ge=0, le=600, description="time a new label must lead before it is reported"
+    )
     hysteresis: float = Field(0.1, ge=0, le=1, description="probability margin a new label must lead by")
     min_quality: float = Field(0.05, ge=0, le=1, description="observations below this weight are ignored")
 

@@ -79,9 +79,7 @@ class ModelMeta:
             PREFIX + "format": FORMAT_VERSION,
             PREFIX + "classes": json.dumps(list(self.classes)),
             PREFIX + "inputs": json.dumps(inputs),
-            PREFIX + "outputs": json.dumps(
-                {"logits": self.logits_output, "valence_arousal": self.va_output}
-            ),
+            PREFIX + "outputs": json.dumps({"logits": self.logits_output, "valence_arousal": self.va_output}),
             PREFIX + "model_version": self.model_version,
             PREFIX + "train_config_sha256": self.train_config_sha256,
         }
@@ -106,22 +104,32 @@ class ModelMeta:
 
         fmt = get("format")
         if fmt != FORMAT_VERSION:
-            raise ModelContractError(f"{source}: metadata format {fmt!r}, this agent reads {FORMAT_VERSION!r}")
+            raise ModelContractError(
+                f"{source}: metadata format {fmt!r}, this agent reads {FORMAT_VERSION!r}"
+            )
         classes = load("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ModelContractError(f"{source}: 'classes' must be a non-empty list of strings")
         specs = []
         for name, d in load("inputs").items():
             try:
-                geo = ViewGeometry(scale=float(d["scale"]), size=int(d["size"]), y_shift=float(d.get("y_shift", 0)))
-                spec = InputSpec(name, str(d["view"]), geo, tuple(d["mean"]), tuple(d["std"]), d.get("color", "RGB"))
+                geo = ViewGeometry(
+                    scale=float(d["scale"]), size=int(d["size"]), y_shift=float(d.get("y_shift", 0))
+                )
+                spec = InputSpec(
+                    name, str(d["view"]), geo, tuple(d["mean"]), tuple(d["std"]), d.get("color", "RGB")
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelContractError(f"{source}: input {name!r} metadata invalid: {exc}") from exc
             if spec.view not in VIEWS or len(spec.mean) != 3 or len(spec.std) != 3:
-                raise ModelContractError(f"{source}: input {name!r} needs view in {VIEWS} and 3 mean/std values")
+                raise ModelContractError(
+                    f"{source}: input {name!r} needs view in {VIEWS} and 3 mean/std values"
+                )
             specs.append(spec)
         if sorted(s.view for s in specs) != sorted(VIEWS):
-            raise ModelContractError(f"{source}: needs exactly one 'person' and one 'scene' input, got {specs}")
+            raise ModelContractError(
+                f"{source}: needs exactly one 'person' and one 'scene' input, got {specs}"
+            )
         outputs = load("outputs")
         return cls(
             classes=tuple(classes),

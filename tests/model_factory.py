@@ -26,7 +26,9 @@ def tiny_meta(size: int = 32, person_name: str = "person", scene_name: str = "sc
         classes=CLASSES,
         inputs=(
             InputSpec(person_name, "person", ViewGeometry(DEFAULT_PERSON.scale, size), MEAN, STD),
-            InputSpec(scene_name, "scene", ViewGeometry(DEFAULT_SCENE.scale, size, DEFAULT_SCENE.y_shift), MEAN, STD),
+            InputSpec(
+                scene_name, "scene", ViewGeometry(DEFAULT_SCENE.scale, size, DEFAULT_SCENE.y_shift), MEAN, STD
+            ),
         ),
         logits_output="logits",
         va_output="valence_arousal",

@@ -39,7 +39,11 @@ def test_shipped_config_is_valid() -> None:
         ("cameras.0.name", "", "cameras.0.name: value ''"),
         ("cameras.0.name", "a b", "cameras.0.name: value 'a b'"),
         ("cameras.0.source", {"type": "ftp"}, "cameras.0.source"),
-        ("cameras.0.source", {"type": "rtsp", "url": "http://cam"}, "cameras.0.source.url: value 'http://cam'"),
+        (
+            "cameras.0.source",
+            {"type": "rtsp", "url": "http://cam"},
+            "cameras.0.source.url: value 'http://cam'",
+        ),
         ("cameras.0.source", {"type": "gstreamer", "pipeline": "v4l2src ! fakesink"}, "appsink"),
         ("cameras.0.source", {"type": "file"}, "cameras.0.source.path: required key is missing"),
         ("cameras.0.roi", [0.5, 0, 0.4, 1], "roi must satisfy"),
@@ -87,7 +91,10 @@ def test_missing_env_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(with_("mqtt.password", "${AFFECTLINE_NOPE}"))
 
 
-@pytest.mark.parametrize(("text", "expected"), [("", "expected a mapping"), ("a: [", "not valid YAML"), ("- 1", "expected a mapping")])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", "expected a mapping"), ("a: [", "not valid YAML"), ("- 1", "expected a mapping")],
+)
 def test_not_a_config(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -107,7 +114,10 @@ def test_validate_cli_exit_code_and_no_traceback(tmp_path: Path, content: str | 
         path = tmp_path / "bad.yaml"
         path.write_text(content)
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "validate", str(path)], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "edge_agent.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.returncode == code
     assert "Traceback" not in proc.stderr

@@ -33,9 +33,18 @@ def _props_with(key: str, value: str | None) -> dict[str, str]:
         ("format", "99", "format '99'"),
         ("classes", "not json", "not JSON"),
         ("classes", "[]", "non-empty list"),
-        ("inputs", json.dumps({"x": {"view": "person", "size": 32, "scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}}),
-         "exactly one 'person' and one 'scene'"),
-        ("inputs", json.dumps({"x": {"view": "face", "size": 32, "scale": 1.0, "mean": [0], "std": [1]}}), "view in"),
+        (
+            "inputs",
+            json.dumps(
+                {"x": {"view": "person", "size": 32, "scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}}
+            ),
+            "exactly one 'person' and one 'scene'",
+        ),
+        (
+            "inputs",
+            json.dumps({"x": {"view": "face", "size": 32, "scale": 1.0, "mean": [0], "std": [1]}}),
+            "view in",
+        ),
         ("inputs", json.dumps({"x": {"view": "person"}}), "input 'x' metadata invalid"),
     ],
 )

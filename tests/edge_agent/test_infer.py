@@ -1,0 +1,161 @@
+"""Inference stage on real ONNX models run by ONNX Runtime (tiny graphs built with onnx.helper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_agent.config import Inference, OnnxRuntimeBackend
+from edge_agent.infer import EmotionInferencer, ModelLoadError, OrtBackend, Preprocessor, softmax
+from edge_agent.structures import Detections, Frame, FrameResult
+from tests.model_factory import CLASSES, make_tiny_model, tiny_meta
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return make_tiny_model(tmp_path / "tiny.onnx", size=32)
+
+
+def backend(path: Path) -> OrtBackend:
+    return OrtBackend(OnnxRuntimeBackend(type="onnxruntime", model=str(path)))
+
+
+def result(
+    camera: str, index: int, faces: list[list[float] | None], image: np.ndarray | None = None
+) -> FrameResult:
+    img = (
+        image if image is not None else np.random.default_rng(index).integers(0, 255, (240, 320, 3), np.uint8)
+    )
+    face = np.array([f if f is not None else [np.nan] * 4 for f in faces], np.float32).reshape(-1, 4)
+    person = np.where(np.isnan(face), np.array([[0, 0, 100, 200]], np.float32), face)
+    person[:, 2:] += 20
+    det = Detections(
+        xyxy=person,
+        confidence=np.full(len(faces), 0.9),
+        face_xyxy=face,
+        tracker_id=np.arange(1, len(faces) + 1),
+    )
+    return FrameResult(Frame(camera, img, index, float(index), 0.0), det, CLASSES)
+
+
+def test_backend_reads_metadata_and_runs(tiny: Path) -> None:
+    b = backend(tiny)
+    assert b.meta.classes == CLASSES
+    x = np.zeros((3, 3, 32, 32), np.float32)
+    logits, va = b.run({"person": x, "scene": x})
+    assert logits.shape == (3, 7) and va.shape == (3, 2) and np.abs(va).max() <= 1
+
+
+def _with_props(tmp_path: Path, props: dict[str, str]) -> Path:
+    return make_tiny_model(tmp_path / "m.onnx", props=props)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: p / "missing.onnx", "is not a file"),
+        (
+            lambda p: (p / "junk.onnx").write_bytes(b"\x00garbage") and p / "junk.onnx",
+            "not a loadable ONNX model",
+        ),
+        (lambda p: _with_props(p, {}), "metadata key 'affectline.format' is missing"),
+        (lambda p: _with_props(p, tiny_meta(48).to_props()), "has shape"),
+        (
+            lambda p: _with_props(p, tiny_meta(32, person_name="face").to_props()),
+            "metadata names input 'face'",
+        ),
+    ],
+)
+def test_bad_models_are_refused_with_the_file_named(tmp_path: Path, make, match: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(ModelLoadError, match=match) as info:
+        backend(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_output_name_refused(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    for p in model.metadata_props:
+        if p.key == "affectline.outputs":
+            p.value = '{"logits": "probs", "valence_arousal": "valence_arousal"}'
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match="metadata names output 'probs'"):
+        backend(path)
+
+
+def test_preprocessor_normalises_and_flips_to_rgb(tiny: Path) -> None:
+    pre = Preprocessor(backend(tiny).meta)
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[..., 0] = 255  # pure blue in BGR
+    views = pre.views(img, np.array([[40, 40, 60, 60]], np.float32))
+    x = pre.normalise("person", views["person"])
+    assert x.shape == (1, 3, 32, 32)
+    # RGB order: blue is channel 2 -> (1 - 0.5)/0.25 = 2; red is channel 0 -> (0 - 0.5)/0.25 = -2
+    assert x[0, 2].mean() == pytest.approx(2.0) and x[0, 0].mean() == pytest.approx(-2.0)
+
+
+def test_first_sight_infers_then_cache_then_reinfer(tiny: Path) -> None:
+    inf = EmotionInferencer(backend(tiny), Inference(reinfer_every_n=3))
+    faces = [[50, 50, 90, 90], [150, 60, 190, 100]]
+    r0 = inf.infer([result("a", 0, faces)])[0]
+    d = r0.detections.data
+    assert d["observed"].all() and np.allclose(d["probs_raw"].sum(1), 1, atol=1e-5)
+    assert ((d["quality"] > 0) & (d["quality"] <= 1)).all()
+    r1 = inf.infer([result("a", 1, faces)])[0]
+    assert not r1.detections.data["observed"].any()
+    assert np.allclose(r1.detections.data["probs_raw"], d["probs_raw"])
+    r3 = inf.infer([result("a", 3, faces)])[0]
+    assert r3.detections.data["observed"].all()
+    assert inf.calls == 2 and inf.persons_inferred == 4
+
+
+def test_box_growth_forces_reinference(tiny: Path) -> None:
+    inf = EmotionInferencer(backend(tiny), Inference(reinfer_every_n=100, reinfer_scale_change=0.2))
+    inf.infer([result("a", 0, [[50, 50, 90, 90]])])
+    same = inf.infer([result("a", 1, [[51, 50, 91, 90]])])[0]
+    grown = inf.infer([result("a", 2, [[50, 50, 100, 100]])])[0]
+    assert not same.detections.data["observed"][0] and grown.detections.data["observed"][0]
+
+
+def test_persons_without_face_are_not_inferred(tiny: Path) -> None:
+    inf = EmotionInferencer(backend(tiny), Inference())
+    r = inf.infer([result("a", 0, [None, [50, 50, 90, 90]])])[0]
+    d = r.detections.data
+    assert list(d["observed"]) == [False, True] and d["quality"][0] == 0
+    assert np.allclose(d["probs_raw"][0], 1 / 7)
+
+
+def test_all_cameras_share_one_call_and_max_batch_splits(tiny: Path) -> None:
+    faces = [[10 + 40 * i, 50, 40 + 40 * i, 80] for i in range(5)]
+    inf = EmotionInferencer(backend(tiny), Inference(max_batch=16))
+    inf.infer([result("a", 0, faces), result("b", 0, faces)])
+    assert inf.calls == 1 and inf.persons_inferred == 10
+    small = EmotionInferencer(backend(tiny), Inference(max_batch=4))
+    out = small.infer([result("a", 0, faces), result("b", 0, faces)])
+    assert small.calls == 3 and all(r.detections.data["observed"].all() for r in out)
+
+
+def test_batched_equals_single(tiny: Path) -> None:
+    """A person's estimate must not depend on who else is in the batch."""
+    faces = [[50, 50, 90, 90], [150, 60, 190, 100]]
+    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), np.uint8)
+    both = EmotionInferencer(backend(tiny), Inference()).infer([result("a", 0, faces, img)])[0]
+    one = EmotionInferencer(backend(tiny), Inference()).infer([result("a", 0, faces[1:], img)])[0]
+    assert np.allclose(both.detections.data["probs_raw"][1], one.detections.data["probs_raw"][0], atol=1e-5)
+
+
+def test_ended_tracks_are_forgotten(tiny: Path) -> None:
+    inf = EmotionInferencer(backend(tiny), Inference(reinfer_every_n=100))
+    inf.infer([result("a", 0, [[50, 50, 90, 90]])])
+    inf.forget("a", (1,))
+    again = inf.infer([result("a", 1, [[50, 50, 90, 90]])])[0]
+    assert again.detections.data["observed"][0]
+
+
+def test_softmax_is_stable() -> None:
+    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
+    assert np.allclose(p, [[1, 0], [0.5, 0.5]])
