@@ -109,6 +109,7 @@ class OnnxBodyDetector(Strict):
     model_path: str = Field(min_length=1)
     input_size: int = Field(320, ge=64, le=1920)
     person_confidence: float = Field(0.4, ge=0, le=1)
+    person_class_id: int = Field(1, ge=0, le=100_000, description="class id of 'person' in the output rows")
 
 
 DetectorKind = Annotated[BlazeFaceDetector | SsdBodyDetector | OnnxBodyDetector, Field(discriminator="type")]
@@ -210,7 +211,9 @@ class Mqtt(Strict):
     summary_s: float = Field(10.0, gt=0, le=3600)
     stats_s: float = Field(10.0, gt=0, le=3600)
     buffer_size: int = Field(1000, ge=1, le=1_000_000, description="QoS 1 messages kept while offline")
-    connect_retries: int = Field(5, ge=0, le=1000)
+    connect_retries: int = Field(5, ge=0, le=1000, description="auth/TLS refusals retried before giving up")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="first reconnect delay, doubled per failure")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
     aggregate_only: bool = False
     home_assistant: bool = False
 
@@ -220,6 +223,8 @@ class Mqtt(Strict):
             raise ValueError("port 0 (any free port) only works with host: embedded")
         if self.host == "embedded" and self.tls is not None:
             raise ValueError("the embedded broker is loopback-only and does not use tls")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
 
 

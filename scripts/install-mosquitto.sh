@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Make mosquitto, mosquitto_passwd and the openssl CLI available for the MQTT tests
+# (tests/edge_agent/test_publish.py etc.). The tests start their own brokers on free loopback ports
+# with generated configs, so this only installs; a system service that the package may start is
+# stopped so nothing listens on 1883 behind the tests' backs.
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # mosquitto lives in /usr/sbin, not on every user's PATH
+
+if ! command -v mosquitto >/dev/null || ! command -v mosquitto_passwd >/dev/null || ! command -v openssl >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mosquitto openssl
+    if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+        $SUDO systemctl stop mosquitto || true
+    fi
+fi
+mosquitto -h 2>/dev/null | head -n 1 || true
