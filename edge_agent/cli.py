@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The embedded broker's state machine logs every transition at INFO.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -401,7 +401,7 @@ class Source:
             if len(self._queue) >= self.camera.queue_size:
                 self._queue.popleft()
                 self._drops += 1
-            self._queue.append(Frame(self.camera.name, image, self._index, t_frame, t_wall))
+            self._queue.append(Frame(self.camera.name, image, self._index, t_frame, t_wall, t_mono))
             self._index += 1
             self._attempt = 0
             self._last_delivery = time.monotonic() if self._lossless else t_mono

@@ -22,8 +22,11 @@ class Frame:
         camera: Camera name from the config.
         image: BGR uint8 image, shape (H, W, 3).
         index: Frame counter of this camera since start (monotonic, gaps mean drops).
-        t_mono: ``time.monotonic()`` at capture; used for all durations.
+        t_mono: The frame's time on the ``time.monotonic()`` clock; used for all durations. Live
+            sources stamp it at capture; a file read faster than real time stamps media time.
         t_wall: ``time.time()`` at capture; used only for timestamps sent to users.
+        t_read: ``time.monotonic()`` when the frame was read (start of frame-to-output latency);
+            None = same as ``t_mono``.
     """
 
     camera: str
@@ -31,12 +34,18 @@ class Frame:
     index: int
     t_mono: float
     t_wall: float
+    t_read: float | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(
                 f"Frame.image must be uint8 (H, W, 3), got {self.image.dtype} {self.image.shape}"
             )
+
+    @property
+    def read_time(self) -> float:
+        """Monotonic time the frame was read."""
+        return self.t_mono if self.t_read is None else self.t_read
 
     @property
     def size(self) -> tuple[int, int]:

@@ -1,0 +1,308 @@
+"""`affectline run`: the streaming agent.
+
+`AffectlineApp.start()` reads like a table of contents: open sources, pipeline, publisher and
+outputs, then loop over "latest frame of each camera -> pipeline -> publish/outputs" until the
+sources end, a time limit passes or SIGINT/SIGTERM arrives, then stop everything in reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import AgentConfig, ConfigError, FileSource, load_config, parse_config
+from edge_agent.infer import ModelLoadError
+from edge_agent.metrics import AgentMetrics, MetricsServer, publisher_samples
+from edge_agent.pipeline import Pipeline
+from edge_agent.preview import ConsoleTable, PreviewWriter, format_table, person_rows
+from edge_agent.publish import Publisher
+from edge_agent.samples import SampleError, sample_clip
+from edge_agent.sources import Source, open_source
+from edge_agent.structures import CameraStatus, Frame, FrameResult
+
+log = logging.getLogger("affectline")
+
+DEMO_CONFIG: dict[str, Any] = {
+    "agent_id": "demo",
+    "cameras": [
+        {
+            "name": "pexels",
+            "source": {"type": "file", "path": "sample:WolfgangLanger_Pexels.mp4", "realtime": True},
+        },
+        {"name": "smile", "source": {"type": "file", "path": "sample:single_face.mp4", "realtime": True}},
+    ],
+    "output": {"preview": {"path": "out/{camera}.mp4"}, "console": True},
+    "mqtt": {"host": "embedded", "port": 0},
+}
+
+
+def resolve_samples(cfg: AgentConfig) -> AgentConfig:
+    """Replace ``sample:NAME`` file paths with the cached real demo clip (fetched once)."""
+    cameras = []
+    for cam in cfg.cameras:
+        src = cam.source
+        if isinstance(src, FileSource) and src.path.startswith("sample:"):
+            path = str(sample_clip(src.path.split(":", 1)[1]))
+            cam = cam.model_copy(update={"source": src.model_copy(update={"path": path})})
+        cameras.append(cam)
+    return cfg.model_copy(update={"cameras": cameras})
+
+
+@dataclass
+class LoopStats:
+    """Counters the loop keeps for the stats topic and the final summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    errors: int = 0
+    latency_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=2000))
+    tracks_seen: dict[str, set[int]] = field(default_factory=lambda: collections.defaultdict(set))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = np.asarray(self.latency_ms) if self.latency_ms else np.zeros(1)
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "frames": self.frames,
+            "loop_errors": self.errors,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 2),
+        }
+
+
+class AffectlineApp:
+    """Sources -> Pipeline -> Publisher and local outputs, with clean start and stop."""
+
+    def __init__(self, cfg: AgentConfig, max_seconds: float = 0):
+        self.cfg = cfg
+        self.max_seconds = max_seconds
+        self.stop_event = threading.Event()
+        self.stats = LoopStats()
+        self.sources: dict[str, Source] = {}
+        self._status_queue: collections.deque[CameraStatus] = collections.deque()
+        self.pipeline: Pipeline | None = None
+        self.publisher: Publisher | None = None
+        self.preview: PreviewWriter | None = None
+        self.console: ConsoleTable | None = None
+        self.metrics = AgentMetrics()
+        self.metrics_server: MetricsServer | None = None
+        self.last_results: dict[str, FrameResult] = {}
+
+    # ------------------------------------------------------------------ table of contents
+    def start(self) -> int:
+        """Run until the sources end, the time limit passes or a signal arrives; returns 0."""
+        try:
+            self.init_pipeline()
+            self.init_publisher()
+            self.init_sources()
+            self.init_outputs()
+            self.install_signal_handlers()
+            self.run_loop()
+        finally:
+            self.stop()
+        return 0
+
+    def init_pipeline(self) -> None:
+        self.pipeline = Pipeline(self.cfg)
+        log.info(
+            "model %s: classes %s",
+            self.pipeline.inferencer.meta.model_version,
+            ",".join(self.pipeline.classes),
+        )
+
+    def init_publisher(self) -> None:
+        assert self.pipeline is not None
+        cameras = [c.name for c in self.cfg.cameras]
+        self.publisher = Publisher(self.cfg.mqtt, self.cfg.agent_id, cameras, self.pipeline.classes)
+        self.publisher.start()
+
+    def init_sources(self) -> None:
+        for cam in self.cfg.cameras:
+            self.sources[cam.name] = open_source(cam, on_status=self._status_queue.append)
+            self.sources[cam.name].start()
+
+    def init_outputs(self) -> None:
+        if self.cfg.output.preview.path:
+            fps = {name: _source_fps(src) for name, src in self.sources.items()}
+            self.preview = PreviewWriter(self.cfg.output.preview, fps)
+        if self.cfg.output.console:
+            self.console = ConsoleTable()
+        if self.cfg.metrics.enabled:
+            assert self.publisher is not None
+            publisher = self.publisher
+            self.metrics_server = MetricsServer(
+                self.cfg.metrics, [self.metrics.samples, lambda: publisher_samples(publisher)]
+            )
+            self.metrics_server.start()
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def run_loop(self) -> None:
+        next_stats = time.monotonic() + self.cfg.mqtt.stats_s
+        while not self._should_stop():
+            self.forward_camera_states()
+            frames = self.read_frames()
+            if not frames:
+                time.sleep(0.002)
+                continue
+            self.step(frames)
+            if time.monotonic() >= next_stats:
+                self.report_stats()
+                next_stats = time.monotonic() + self.cfg.mqtt.stats_s
+        self.forward_camera_states()
+
+    def stop(self) -> None:
+        """Close whatever was opened, in reverse order; safe after a failed start."""
+        for src in self.sources.values():
+            src.close()
+        if self.metrics_server:
+            self.metrics_server.close()
+        if self.preview:
+            self.preview.close()
+        if self.console:
+            self.console.close()
+        if self.publisher:
+            self.forward_camera_states()
+            self.publisher.stats(self.stats_payload())
+            self.publisher.close("stopped")
+        if self.pipeline:
+            self.pipeline.close()
+
+    # ------------------------------------------------------------------ loop body
+    def read_frames(self) -> list[Frame]:
+        frames = []
+        for src in self.sources.values():
+            frame = src.read(timeout=0)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def step(self, frames: list[Frame]) -> None:
+        """One pass of the pipeline; a failure is logged, counted and the loop goes on."""
+        try:
+            results = self.pipeline.process(frames)
+        except Exception:  # noqa: BLE001 - the stream must survive one bad frame; counted below
+            self.stats.errors += 1
+            log.exception(
+                "pipeline failed on frames of %s (error %d)", [f.camera for f in frames], self.stats.errors
+            )
+            return
+        for result in results:
+            self.emit(result)
+
+    def emit(self, result: FrameResult) -> None:
+        self.publisher.publish(result)
+        if self.preview:
+            self.preview.write(result)
+        if self.console:
+            self.console.show(result)
+        self.metrics.observe_frame(result)
+        self.stats.frames += 1
+        self.stats.latency_ms.append((time.monotonic() - result.frame.read_time) * 1000)
+        assert result.detections.tracker_id is not None
+        self.stats.tracks_seen[result.frame.camera].update(int(t) for t in result.detections.tracker_id)
+        self.last_results[result.frame.camera] = result
+
+    def forward_camera_states(self) -> None:
+        """Camera states arrive from capture threads; publish them from this thread."""
+        while self._status_queue:
+            status = self._status_queue.popleft()
+            log.info("camera %s: %s %s", status.camera, status.state, status.detail)
+            self.metrics.observe_camera(status)
+            self.publisher.camera_state(status)
+
+    def report_stats(self) -> None:
+        """Periodic health: camera figures to the metrics endpoint, agent stats to MQTT."""
+        for src in self.sources.values():
+            self.metrics.observe_camera(src.status())
+        assert self.publisher is not None
+        self.publisher.stats(self.stats_payload())
+
+    def stats_payload(self) -> dict[str, Any]:
+        cams = {name: _status_dict(src.status()) for name, src in self.sources.items()}
+        return {**self.stats.as_dict(), "cameras": cams, "mqtt": self.publisher.counters()}
+
+    def _should_stop(self) -> bool:
+        if self.stop_event.is_set():
+            return True
+        if self.max_seconds and time.monotonic() - self.stats.started >= self.max_seconds:
+            return True
+        return bool(self.sources) and all(src.ended for src in self.sources.values())
+
+
+def _source_fps(src: Source) -> float:
+    fps = getattr(src, "source_fps", 0.0)
+    return float(fps or 0.0)
+
+
+def _status_dict(status: CameraStatus) -> dict[str, Any]:
+    return {
+        "state": status.state,
+        "fps": round(status.fps, 2),
+        "frames": status.frames,
+        "drops": status.drops,
+        "errors": status.errors,
+    }
+
+
+def _apply_overrides(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
+    output = cfg.output
+    if args.preview:
+        output = output.model_copy(
+            update={"preview": output.preview.model_copy(update={"path": args.preview})}
+        )
+    if args.console:
+        output = output.model_copy(update={"console": True})
+    return cfg.model_copy(update={"output": output})
+
+
+def print_summary(app: AffectlineApp) -> None:
+    """What the run found: persons per camera, their last estimates, where the preview is."""
+    print("\n== Affectline run summary ==")
+    print(format_table(person_rows(app.last_results)))
+    for cam, ids in sorted(app.stats.tracks_seen.items()):
+        print(f"camera {cam}: {len(ids)} person track(s)")
+    stats = app.stats.as_dict()
+    print(
+        f"frames {stats['frames']}, frame-to-output latency p50 {stats['latency_ms_p50']} ms, "
+        f"p99 {stats['latency_ms_p99']} ms, loop errors {stats['loop_errors']}"
+    )
+    print(f"mqtt: {app.publisher.counters()}")
+    if app.preview:
+        for cam, path in sorted(app.preview.paths.items()):
+            print(f"annotated video ({cam}): {path}")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """Entry point of ``affectline run``; returns the exit code."""
+    try:
+        cfg = load_config(args.config) if args.config else parse_config(DEMO_CONFIG, "built-in demo config")
+        cfg = resolve_samples(_apply_overrides(cfg, args))
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except SampleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger().setLevel(cfg.log_level)
+    try:
+        app = AffectlineApp(cfg, max_seconds=args.max_seconds)
+        code = app.start()
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(app)
+    return code

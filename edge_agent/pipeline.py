@@ -1,0 +1,74 @@
+"""The per-frame pipeline: detect -> track -> infer -> smooth, for frames of any number of cameras.
+
+`Pipeline.process` takes the newest frame of each camera that has one and returns one
+`FrameResult` per frame. All persons of all those frames that need a fresh estimate go into one
+model call. Sources, publishing and outputs live in `edge_agent.app`; the benchmark drives this
+class directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from edge_agent.config import AgentConfig
+from edge_agent.detect import Detector, build_detector
+from edge_agent.infer import Backend, EmotionInferencer, build_backend
+from edge_agent.smooth import Smoother
+from edge_agent.structures import Detections, Frame, FrameResult
+from edge_agent.track import Tracker
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Pipeline:
+    """Stages shared by all cameras (detector, model) and per-camera state (tracker, smoother)."""
+
+    def __init__(self, cfg: AgentConfig, backend: Backend | None = None, detector: Detector | None = None):
+        self.cfg = cfg
+        self.detector = detector or build_detector(cfg.detection)
+        self.inferencer = EmotionInferencer(backend or build_backend(cfg.inference), cfg.inference)
+        self.trackers: dict[str, Tracker] = {}
+        self.smoothers: dict[str, Smoother] = {}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.inferencer.classes
+
+    def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
+        """Run every stage on the given frames (at most one per camera)."""
+        results = [self._detect_and_track(f) for f in frames]
+        t0 = time.perf_counter()
+        self.inferencer.infer(results)
+        infer_ms = _ms(t0)
+        return [self._smooth(r, infer_ms) for r in results]
+
+    def _detect_and_track(self, frame: Frame) -> FrameResult:
+        stage_ms: dict[str, float] = {}
+        detections: Detections | None = None
+        if frame.index % self.cfg.detection.every_k_frames == 0:
+            t0 = time.perf_counter()
+            detections = self.detector.detect(frame)
+            stage_ms["detect"] = _ms(t0)
+        tracker = self.trackers.setdefault(frame.camera, Tracker(self.cfg.tracking))
+        t0 = time.perf_counter()
+        tracked = tracker.update(detections, frame.t_mono)
+        stage_ms["track"] = _ms(t0)
+        ended = tuple(tracker.ended)
+        self.inferencer.forget(frame.camera, ended)
+        return FrameResult(frame, tracked, self.classes, ended, stage_ms)
+
+    def _smooth(self, result: FrameResult, infer_ms: float) -> FrameResult:
+        smoother = self.smoothers.setdefault(
+            result.frame.camera, Smoother(self.cfg.smoothing, len(self.classes))
+        )
+        t0 = time.perf_counter()
+        smoothed = smoother.update(result.detections, result.frame.t_mono, result.ended_tracks)
+        stage_ms = {**result.stage_ms, "infer": infer_ms, "smooth": _ms(t0)}
+        return FrameResult(result.frame, smoothed, self.classes, result.ended_tracks, stage_ms)
+
+    def close(self) -> None:
+        for stage in (*self.trackers.values(), *self.smoothers.values(), self.inferencer, self.detector):
+            stage.close()

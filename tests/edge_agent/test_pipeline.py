@@ -1,0 +1,99 @@
+"""Detect -> track -> infer -> smooth on the real clips in ../shared/videos.
+
+Tracking behaviour is checked with a tiny real ONNX model (ids do not depend on the model); the
+emotion trend is checked with the shipped default model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bench import decode
+from edge_agent.config import parse_config
+from edge_agent.infer import BUILTIN_MODELS, OrtBackend
+from edge_agent.pipeline import Pipeline
+from edge_agent.structures import FrameResult
+from tests.model_factory import make_tiny_model
+
+
+def config(detector: dict | None = None, model: str = "default-int8", **sections: dict):
+    data = {
+        "cameras": [{"name": "c", "source": {"type": "file", "path": "unused"}}],
+        "inference": {"backend": {"type": "onnxruntime", "model": model}},
+        **sections,
+    }
+    if detector:
+        data["detection"] = {"detector": detector}
+    return parse_config(data)
+
+
+def run_clip(pipeline: Pipeline, clip: Path, step: int = 1) -> list[FrameResult]:
+    """Process every ``step``-th frame of a clip as camera 'c' (timestamps from the clip's frame rate)."""
+    results = []
+    for frame, _, _ in decode(str(clip), "c"):
+        if frame.index % step == 0:
+            results.append(pipeline.process([frame])[0])
+    return results
+
+
+def track_ids(results: list[FrameResult]) -> set[int]:
+    return {int(t) for r in results for t in r.detections.tracker_id}
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path: Path):
+    def make(**kw) -> Pipeline:
+        cfg = config(model=str(make_tiny_model(tmp_path / "tiny.onnx", size=32)), **kw)
+        return Pipeline(cfg)
+
+    return make
+
+
+def test_single_face_one_stable_track(tiny_pipeline, single_face_clip: Path) -> None:
+    pipe = tiny_pipeline()
+    results = run_clip(pipe, single_face_clip)
+    pipe.close()
+    assert track_ids(results) == {1}
+    tracked = sum(len(r.detections) == 1 for r in results)
+    assert tracked >= 0.9 * len(results)
+
+
+def test_face_noface_track_ends_when_face_leaves(tiny_pipeline, face_noface_clip: Path) -> None:
+    pipe = tiny_pipeline()
+    results = run_clip(pipe, face_noface_clip)
+    pipe.close()
+    ended = [i for i, r in enumerate(results) if r.ended_tracks]
+    assert ended, "the face track never ended"
+    assert all(len(r.detections) == 0 for r in results[ended[-1] :])
+    assert track_ids(results[: ended[0]]) == {1}
+
+
+def test_one_by_one_one_track_per_person(tiny_pipeline, one_by_one_clip: Path) -> None:
+    """Six people walk in one after another, mostly seen from behind: the body detector keeps them."""
+    pipe = tiny_pipeline(detector={"type": "ssd_mobilenet"})
+    results = run_clip(pipe, one_by_one_clip, step=2)
+    pipe.close()
+    ids = track_ids(results)
+    assert 6 <= len(ids) <= 7, f"expected one track per person (6), got {len(ids)}: {sorted(ids)}"
+
+
+@pytest.mark.skipif(not BUILTIN_MODELS["default-int8"].is_file(), reason="default model not built yet")
+def test_single_face_smile_raises_happy(single_face_clip: Path) -> None:
+    pipe = Pipeline(config())
+    results = [r for r in run_clip(pipe, single_face_clip) if len(r.detections)]
+    pipe.close()
+    happy = pipe.classes.index("happy")
+    start = float(np.mean([r.detections.data["probs"][0, happy] for r in results[5:10]]))
+    end = float(np.mean([r.detections.data["probs"][0, happy] for r in results[-5:]]))
+    assert end > start + 0.1, (start, end)
+
+
+@pytest.mark.skipif(not BUILTIN_MODELS["default-int8"].is_file(), reason="default model not built yet")
+def test_default_models_load_and_agree() -> None:
+    fp32 = OrtBackend(config(model="default").inference.backend)
+    int8 = OrtBackend(config().inference.backend)
+    assert fp32.meta.classes == int8.meta.classes
+    assert fp32.meta.inputs == int8.meta.inputs
