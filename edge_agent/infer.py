@@ -101,8 +101,8 @@ class OrtBackend:
             shape = inputs[spec.name]
             want = [3, spec.geometry.size, spec.geometry.size]
             if len(shape) != 4 or [d if isinstance(d, int) else None for d in shape[1:]] != want:
-                expected = ", ".join(map(str, want))
-                raise ModelLoadError(f"{path}: input {spec.name!r} has shape {shape}, expected [N, {expected}]")
+                expected = "[N, " + ", ".join(map(str, want)) + "]"
+                raise ModelLoadError(f"{path}: input {spec.name!r} has shape {shape}, expected {expected}")
         outputs = {o.name for o in self.session.get_outputs()}
         for name in (self.meta.logits_output, self.meta.va_output):
             if name not in outputs:
