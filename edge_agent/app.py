@@ -82,14 +82,21 @@ class AffectlineApp:
     """Sources -> Pipeline -> Publisher and local outputs, with clean start and stop."""
 
     def __init__(self, cfg: AgentConfig, max_seconds: float = 0):
+        """Load the model and detector and prepare the publisher (no thread or socket yet).
+
+        Raises:
+            ModelLoadError: the model file is missing, unreadable or does not match the contract.
+        """
         self.cfg = cfg
         self.max_seconds = max_seconds
         self.stop_event = threading.Event()
         self.stats = LoopStats()
+        self.pipeline = Pipeline(cfg)
+        log.info("model %s: classes %s", self.pipeline.inferencer.meta.model_version, ",".join(self.pipeline.classes))
+        cameras = [c.name for c in cfg.cameras]
+        self.publisher = Publisher(cfg.mqtt, cfg.agent_id, cameras, self.pipeline.classes)
         self.sources: dict[str, Source] = {}
         self._status_queue: collections.deque[CameraStatus] = collections.deque()
-        self.pipeline: Pipeline | None = None
-        self.publisher: Publisher | None = None
         self.preview: PreviewWriter | None = None
         self.console: ConsoleTable | None = None
         self.metrics = AgentMetrics()
@@ -100,8 +107,7 @@ class AffectlineApp:
     def start(self) -> int:
         """Run until the sources end, the time limit passes or a signal arrives; returns 0."""
         try:
-            self.init_pipeline()
-            self.init_publisher()
+            self.publisher.start()
             self.init_sources()
             self.init_outputs()
             self.install_signal_handlers()
@@ -109,20 +115,6 @@ class AffectlineApp:
         finally:
             self.stop()
         return 0
-
-    def init_pipeline(self) -> None:
-        self.pipeline = Pipeline(self.cfg)
-        log.info(
-            "model %s: classes %s",
-            self.pipeline.inferencer.meta.model_version,
-            ",".join(self.pipeline.classes),
-        )
-
-    def init_publisher(self) -> None:
-        assert self.pipeline is not None
-        cameras = [c.name for c in self.cfg.cameras]
-        self.publisher = Publisher(self.cfg.mqtt, self.cfg.agent_id, cameras, self.pipeline.classes)
-        self.publisher.start()
 
     def init_sources(self) -> None:
         for cam in self.cfg.cameras:
@@ -172,12 +164,10 @@ class AffectlineApp:
             self.preview.close()
         if self.console:
             self.console.close()
-        if self.publisher:
-            self.forward_camera_states()
-            self.publisher.stats(self.stats_payload())
-            self.publisher.close("stopped")
-        if self.pipeline:
-            self.pipeline.close()
+        self.forward_camera_states()
+        self.publisher.stats(self.stats_payload())
+        self.publisher.close("stopped")
+        self.pipeline.close()
 
     # ------------------------------------------------------------------ loop body
     def read_frames(self) -> list[Frame]:
@@ -226,7 +216,6 @@ class AffectlineApp:
         """Periodic health: camera figures to the metrics endpoint, agent stats to MQTT."""
         for src in self.sources.values():
             self.metrics.observe_camera(src.status())
-        assert self.publisher is not None
         self.publisher.stats(self.stats_payload())
 
     def stats_payload(self) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class OrtBackend:
         return np.asarray(logits, np.float32), np.asarray(va, np.float32)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.__dict__.pop("session", None)  # idempotent; frees the ORT session
 
 
 class TrtBackend:

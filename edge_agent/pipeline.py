@@ -70,5 +70,9 @@ class Pipeline:
         return FrameResult(result.frame, smoothed, self.classes, result.ended_tracks, stage_ms)
 
     def close(self) -> None:
-        for stage in (*self.trackers.values(), *self.smoothers.values(), self.inferencer, self.detector):
-            stage.close()
+        for tracker in self.trackers.values():
+            tracker.close()
+        for smoother in self.smoothers.values():
+            smoother.close()
+        self.inferencer.close()
+        self.detector.close()

@@ -93,7 +93,7 @@ class PreviewWriter:
         path = Path(self.cfg.path.replace("{camera}", cam))
         path.parent.mkdir(parents=True, exist_ok=True)
         fps = self.cfg.fps or self.source_fps.get(cam) or 25.0
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
             raise OSError(f"output.preview.path: cannot write video {str(path)!r}")
         self._writers[cam] = writer
