@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import threading
@@ -68,6 +69,11 @@ def decode(path: str, camera: str, max_frames: int = 0, loop: bool = False) -> I
         cap.release()
 
 
+def camera_name(path: str) -> str:
+    """A valid camera name (MQTT topic level) for a clip."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)[:64] or "clip"
+
+
 def _pct(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values or [0.0])
     return {"p50": round(float(np.percentile(arr, 50)), 2), "p99": round(float(np.percentile(arr, 99)), 2)}
@@ -87,7 +93,7 @@ def bench_clip(pipeline: Pipeline, publisher: Publisher, path: str, max_frames: 
     stages: dict[str, list[float]] = defaultdict(list)
     latency: list[float] = []
     persons: set[int] = set()
-    camera = Path(path).stem.replace(".", "_")[:64]
+    camera = camera_name(path)
     wall0, cpu0 = time.perf_counter(), _cpu_s()
     frames = 0
     for frame, t_start, decode_ms in decode(path, camera, max_frames):
@@ -196,7 +202,8 @@ def cli_bench(args: argparse.Namespace) -> int:
     except (SampleError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    publisher = Publisher(cfg.mqtt, cfg.agent_id, ["bench", "soak"], pipeline.classes)
+    cameras = sorted({camera_name(c) for c in clips} | {"soak"})
+    publisher = Publisher(cfg.mqtt, cfg.agent_id, cameras, pipeline.classes)
     publisher.start()
     reports: list[dict[str, Any]] = []
     try:

@@ -1,0 +1,77 @@
+"""`affectline bench`: measurements come from a real run; soak verdicts from pure arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bench import bench_clip, camera_name, decode, soak, soak_verdict
+from edge_agent.config import parse_config
+from edge_agent.pipeline import Pipeline
+from edge_agent.publish import Publisher
+from tests.model_factory import make_tiny_model
+
+
+@pytest.fixture
+def pipeline_and_publisher(tmp_path: Path):
+    model = make_tiny_model(tmp_path / "m.onnx")
+    cfg = parse_config(
+        {
+            "cameras": [{"name": "x", "source": {"type": "file", "path": "-"}}],
+            "inference": {"backend": {"type": "onnxruntime", "model": str(model)}},
+            "mqtt": {"host": "embedded", "port": 0},
+        }
+    )
+    pipe = Pipeline(cfg)
+    pub = Publisher(cfg.mqtt, "bench", ["single_face", "soak"], pipe.classes)
+    pub.start()
+    yield pipe, pub
+    pub.close()
+    pipe.close()
+
+
+def test_bench_clip_reports_every_frame(pipeline_and_publisher, single_face_clip: Path) -> None:
+    report = bench_clip(*pipeline_and_publisher, str(single_face_clip))
+    assert report["frames"] == 72 and report["persons"] == 1 and report["fps"] > 0
+    assert set(report["stage_ms"]) >= {"decode", "detect", "track", "infer", "smooth", "publish"}
+    lat = report["frame_to_output_ms"]
+    assert 0 < lat["p50"] <= lat["p99"]
+
+
+def test_short_soak_samples_resources(pipeline_and_publisher, single_face_clip: Path) -> None:
+    report = soak(*pipeline_and_publisher, str(single_face_clip), minutes=0.1, sample_s=1.0)
+    assert len(report["samples"]) >= 4
+    assert all(s["rss_mb"] > 0 and s["fds"] > 0 and s["threads"] > 0 for s in report["samples"])
+
+
+def test_decode_stamps_media_time(single_face_clip: Path) -> None:
+    t = np.array([d.frame.t_mono for d in decode(str(single_face_clip), "c", max_frames=10)])
+    assert np.allclose(np.diff(t), np.diff(t)[0]) and np.diff(t)[0] == pytest.approx(1 / 30, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([], {"rss_growth_pct": None}),
+        ([{"t_s": 10, "rss_mb": 100, "fds": 10, "threads": 5, "fps": 1}], {"rss_growth_pct": None}),
+        (
+            [
+                {"t_s": 30, "rss_mb": 90, "fds": 9, "threads": 5, "fps": 1},
+                {"t_s": 60, "rss_mb": 100, "fds": 10, "threads": 5, "fps": 1},
+                {"t_s": 600, "rss_mb": 104, "fds": 10, "threads": 6, "fps": 1},
+            ],
+            {"rss_growth_pct": 4.0, "fd_growth": 0, "thread_growth": 1},
+        ),
+    ],
+)
+def test_soak_verdict_uses_warm_baseline(samples: list, expected: dict) -> None:
+    verdict = soak_verdict(samples)
+    for key, value in expected.items():
+        assert verdict[key] == value
+
+
+@pytest.mark.parametrize(("path", "name"), [("/a/b.c.mp4", "b_c"), ("x y.mov", "x_y"), ("/.mp4", "_mp4")])
+def test_camera_name(path: str, name: str) -> None:
+    assert camera_name(path) == name
