@@ -23,8 +23,9 @@ EXTRAS = {
         # 2.13.0 is a CPU wheel on the dev machines; any torch>=2.2 works.
         "torch>=2.2",
         "tqdm",
+        # Only to re-embed the emotion prior texts; the embeddings ship in train/teachers/.
         "sentence-transformers",
-        "open_clip_torch",
+        # The CLIP teacher needs open_clip_torch (install it yourself: it pulls torchvision).
     ],
     "trt": ["tensorrt>=10", "cuda-python"],
     "dev": ["pytest>=8", "hypothesis", "ruff", "mypy", "types-PyYAML"],

@@ -290,12 +290,24 @@ def _expand_env(value: Any, path: str, missing: list[str]) -> Any:
 
 
 _UNIONS = {"source", "detector", "backend"}
+# Up to the last '@' of the authority, so a raw '@' inside a password is hidden too; quotes end it
+# so that text around a URL (JSON, messages) is never swallowed.
+_CREDENTIALS = re.compile(r"://[^/\s\"']*@")
+_SECRET_KEYS = {"password"}
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URLs: ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``."""
+    return _CREDENTIALS.sub("://***@", text)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
-    """``cameras.0.source.path``: discriminated unions add their tag to the path; drop it."""
+    """``cameras.0.source.path``: discriminated unions add their tag to the path; drop it.
+
+    Keys with spaces or unprintable characters are quoted, so every problem stays on one line.
+    """
     parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] in _UNIONS and isinstance(p, str))]
-    return ".".join(parts) or "<root>"
+    return ".".join(p if p.isprintable() and p and " " not in p else repr(p) for p in parts) or "<root>"
 
 
 def format_errors(exc: ValidationError) -> list[str]:
@@ -307,7 +319,9 @@ def format_errors(exc: ValidationError) -> list[str]:
             lines.append(f"{path}: required key is missing")
             continue
         value = err.get("input")
-        shown = "{...}" if isinstance(value, dict) else repr(value)
+        shown = "{...}" if isinstance(value, dict) else redact(repr(value))
+        if err["loc"] and err["loc"][-1] in _SECRET_KEYS:
+            shown = "<hidden>"  # error messages end up in logs; secrets must not
         if len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"{path}: value {shown}: {err['msg']}")
@@ -323,7 +337,10 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"<root>: value {type(data).__name__}: expected a mapping"])
     missing: list[str] = []
-    data = _expand_env(data, "", missing)
+    try:
+        data = _expand_env(data, "", missing)
+    except RecursionError:  # a YAML alias that contains itself, or absurd nesting
+        raise ConfigError(source, ["<root>: value nests too deeply or refers to itself"]) from None
     if missing:
         raise ConfigError(source, missing)
     try:
@@ -345,6 +362,13 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(str(p), [f"cannot read file: {exc.strerror}"]) from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except RecursionError:
+        raise ConfigError(str(p), ["not valid YAML: nested too deeply"]) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line per problem
+        raise ConfigError(str(p), [f"not valid YAML{where}: {what}"]) from None
     return parse_config(data, str(p))

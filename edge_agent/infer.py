@@ -107,6 +107,29 @@ class OrtBackend:
         for name in (self.meta.logits_output, self.meta.va_output):
             if name not in outputs:
                 raise ModelLoadError(f"{path}: metadata names output {name!r}, model has {sorted(outputs)}")
+        self._check_outputs(path)
+
+    def _check_outputs(self, path: Path) -> None:
+        """Run one all-zero batch: logits must come out (1, C) for the C metadata classes, valence/
+        arousal (1, 2). Output shapes are often dynamic, so only a run shows a mismatch, and one
+        found here is a clear start-up error instead of a failure on every frame with a face."""
+        batch = {
+            s.name: np.zeros((1, 3, s.geometry.size, s.geometry.size), np.float32) for s in self.meta.inputs
+        }
+        try:
+            logits, va = self.run(batch)
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ModelLoadError(f"{path}: a test batch of 1 does not run: {exc}") from None
+        expected = {
+            self.meta.logits_output: (logits.shape, (1, len(self.meta.classes))),
+            self.meta.va_output: (va.shape, (1, 2)),
+        }
+        for name, (shape, want) in expected.items():
+            if shape != want:
+                raise ModelLoadError(
+                    f"{path}: output {name!r} has shape {shape} for a batch of 1, expected {want} "
+                    f"(classes in the metadata: {list(self.meta.classes)})"
+                )
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         logits, va = self.session.run([self.meta.logits_output, self.meta.va_output], inputs)
@@ -120,11 +143,14 @@ class TrtBackend:
     """TensorRT engine built by ``affectline engines build`` on this device."""
 
     def __init__(self, cfg: TensorRTBackend):
+        from engines.errors import EnginesInputError
+        from engines.errors import EngineMismatchError, TensorRTUnavailable
+        from engines.trt_runtime import TrtEngine
+
         try:
-            from engines.trt_runtime import TrtEngine
-        except ImportError as exc:
-            raise ModelLoadError(f"inference.backend.type=tensorrt needs TensorRT: {exc}") from None
-        self.engine = TrtEngine(cfg.engine, device=cfg.device)
+            self.engine = TrtEngine(cfg.engine, device=cfg.device)
+        except (ImportError, TensorRTUnavailable, EngineMismatchError, EnginesInputError) as exc:
+            raise ModelLoadError(f"inference.backend.engine {cfg.engine!r}: {exc}") from None
         self.meta = self.engine.meta
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -207,6 +233,7 @@ class EmotionInferencer:
         self._cache: dict[tuple[str, int], _Cached] = {}
         self.calls = 0
         self.persons_inferred = 0
+        self.nonfinite = 0  # model results dropped because they held NaN or infinity
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -266,7 +293,11 @@ class EmotionInferencer:
             logits, va = self.backend.run(inputs)
             self.calls += 1
             probs = softmax(logits)
+            finite = np.isfinite(probs).all(axis=1) & np.isfinite(va).all(axis=1)
             for j, (result, i) in enumerate(owners[sl]):
+                if not finite[j]:  # NaN/inf from a broken model must not reach payloads (not JSON)
+                    self.nonfinite += 1
+                    continue
                 grey = cv2.cvtColor(stacked[person_name][start + j], cv2.COLOR_RGB2GRAY)
                 self._store(result, i, probs[j], va[j], sharpness(grey))
         self.persons_inferred += n

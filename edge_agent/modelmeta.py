@@ -110,8 +110,11 @@ class ModelMeta:
         classes = load("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ModelContractError(f"{source}: 'classes' must be a non-empty list of strings")
+        inputs, outputs = load("inputs"), load("outputs")
+        if not isinstance(inputs, dict) or not isinstance(outputs, dict):
+            raise ModelContractError(f"{source}: metadata 'inputs' and 'outputs' must be JSON objects")
         specs = []
-        for name, d in load("inputs").items():
+        for name, d in inputs.items():
             try:
                 geo = ViewGeometry(
                     scale=float(d["scale"]), size=int(d["size"]), y_shift=float(d.get("y_shift", 0))
@@ -130,7 +133,6 @@ class ModelMeta:
             raise ModelContractError(
                 f"{source}: needs exactly one 'person' and one 'scene' input, got {specs}"
             )
-        outputs = load("outputs")
         return cls(
             classes=tuple(classes),
             inputs=tuple(specs),

@@ -37,7 +37,6 @@ import enum
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -49,7 +48,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.config import Camera, FileSource, GstreamerSource, Reconnect, RtspSource, UsbSource
+from edge_agent.config import (
+    Camera,
+    FileSource,
+    GstreamerSource,
+    Reconnect,
+    RtspSource,
+    UsbSource,
+    redact,
+)
 from edge_agent.structures import CameraState, CameraStatus, Frame
 
 log = logging.getLogger(__name__)
@@ -65,14 +72,6 @@ _MAX_BAD_READS = 100
 # A frame may arrive this fraction of the period early and still pass fps_cap (timing jitter).
 _FPS_CAP_SLACK = 0.1
 _FPS_WINDOW = 30
-# Up to the last '@' of the authority, so a raw '@' inside a password is hidden too; quotes end it
-# so that text around a URL (JSON, messages) is never swallowed.
-_CREDENTIALS = re.compile(r"://[^/\s\"']*@")
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URLs: ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``."""
-    return _CREDENTIALS.sub("://***@", text)
 
 
 def next_backoff(attempt: int, cfg: Reconnect) -> float:
@@ -219,6 +218,7 @@ class Source:
         self._frames = self._drops = self._errors = self._reconnects = 0
         self._index = 0
         self._last_delivery = -math.inf
+        self._media_next = -math.inf  # earliest media time of the next frame of a lossless file
         self._delivered: deque[float] = deque(maxlen=_FPS_WINDOW)
         self.source_fps = 0.0  # the stream's nominal fps once open (0 = unknown)
 
@@ -342,7 +342,7 @@ class Source:
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.source_fps = fps if 0 < fps < 1000 else 0.0
         total = cap.get(cv2.CAP_PROP_FRAME_COUNT) if self._is_file else 0
-        t_open, good, bad = time.monotonic(), 0, 0
+        t_open, good, bad, laps = max(time.monotonic(), self._media_next), 0, 0, 0
         while self._current(gen):
             self._mark(gen, "read")
             ok, raw = cap.read()
@@ -355,7 +355,14 @@ class Source:
                         f"camera {self.camera.name}: lost {self._where} (read failed or timed out)",
                     )
                 if not ok and cap.get(cv2.CAP_PROP_POS_FRAMES) >= total - 1:
-                    return self._file_end(good)
+                    end = self._file_end(good or laps)
+                    # Loop by seeking, not reopening: OpenCV's FFmpeg backend runs every open under
+                    # one process-wide lock, so a reopen would wait out another camera's slow RTSP open.
+                    # A lap that decoded nothing after a seek falls back to reopening.
+                    if end[0] is _End.LOOP and good and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                        t_open, good, laps = max(time.monotonic(), self._media_next), 0, laps + 1
+                        continue
+                    return end
                 bad += 1
                 self._count_error()
                 if bad > _MAX_BAD_READS:
@@ -364,6 +371,8 @@ class Source:
             # A file read faster than real time carries media time, so seconds-based tracking and
             # smoothing behave as they would on a live camera at the file's frame rate.
             t_frame = t_open + good / self.source_fps if self._lossless and self.source_fps else t_mono
+            if self._lossless and self.source_fps:  # media time goes on across a loop, never back
+                self._media_next = t_frame + 1.0 / self.source_fps
             bad, good = 0, good + 1
             self._deliver(gen, _crop_roi(image, self.camera.roi), t_mono, t_wall, t_frame)
             if self._realtime_file and self.source_fps:

@@ -1,0 +1,79 @@
+"""Dataset samples for calibration (train split) and evaluation (held-out split)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.datasets import CalibrationDataError, balanced_order, dataset_views, luma, normalise
+from edge_agent.modelmeta import ModelMeta
+
+
+@pytest.mark.parametrize(
+    ("labels", "num_classes", "first"),
+    [
+        ([], 3, []),
+        ([-1, -1], 3, [-1, -1]),
+        ([0, 0, 0, 1, 2, -1], 3, [0, 1, 2, 0, 0, -1]),
+        ([2, 2, 1, 1, 0], 3, [0, 1, 2, 1, 2]),
+        ([1, 1, 1, 1], 3, [1, 1, 1, 1]),
+    ],
+)
+def test_balanced_order(labels: list[int], num_classes: int, first: list[int]) -> None:
+    arr = np.array(labels, np.int64)
+    order = balanced_order(arr, num_classes, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    assert arr[order].tolist() == first
+
+
+def test_balanced_prefix_is_even() -> None:
+    labels = np.random.default_rng(1).integers(0, 7, 1000)
+    order = balanced_order(labels, 7, np.random.default_rng(0))
+    counts = np.bincount(labels[order[:70]], minlength=7)
+    assert counts.tolist() == [10] * 7
+
+
+@pytest.mark.parametrize(
+    ("rgb", "expected"),
+    [((255, 255, 255), 255.0), ((0, 0, 0), 0.0), ((255, 0, 0), 0.299 * 255), ((0, 0, 255), 0.114 * 255)],
+)
+def test_luma(rgb: tuple[int, int, int], expected: float) -> None:
+    views = np.broadcast_to(np.array(rgb, np.uint8), (2, 4, 4, 3))
+    np.testing.assert_allclose(luma(views), [expected] * 2, rtol=1e-5)
+
+
+def test_normalise_matches_contract(meta: ModelMeta) -> None:
+    person = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    out = normalise(meta, person, person[::-1].copy())
+    spec = meta.input_for("person")
+    want = ((person / 255.0 - np.array(spec.mean)) / np.array(spec.std)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(out["person"], want, atol=1e-5)
+    assert out["scene"].shape == (2, 3, 32, 32) and out["person"].dtype == np.float32
+
+
+def test_train_split_is_class_balanced(meta: ModelMeta, expw_spec: str, ferplus_spec: str) -> None:
+    vs = dataset_views(meta, [expw_spec, ferplus_spec], "train", 28)
+    assert len(vs) == 28 and np.bincount(vs.labels, minlength=7).tolist() == [4] * 7
+    assert {o.split(":", 1)[0] for o in vs.origin} <= {"expw", "ferplus"}
+    assert not any("FER2013Test" in o or "FER2013Valid" in o for o in vs.origin)
+    # Brightness is the luma of the person view before normalisation.
+    spec = meta.input_for("person")
+    pixels = (vs.inputs["person"].transpose(0, 2, 3, 1) * np.array(spec.std) + np.array(spec.mean)) * 255
+    np.testing.assert_allclose(luma(pixels.round().clip(0, 255).astype(np.uint8)), vs.brightness, atol=0.6)
+
+
+def test_held_out_split_never_meets_train(meta: ModelMeta, expw_spec: str) -> None:
+    train = dataset_views(meta, [expw_spec], "train", 300)
+    test = dataset_views(meta, [expw_spec], "test", 300, balanced=False)
+    assert not set(train.origin) & set(test.origin)
+
+
+@pytest.mark.parametrize(("split", "n", "match"), [("holdout", 4, "split='holdout'"), ("train", 0, "n=0")])
+def test_rejects(meta: ModelMeta, expw_spec: str, split: str, n: int, match: str) -> None:
+    with pytest.raises(CalibrationDataError, match=match):
+        dataset_views(meta, [expw_spec], split, n)
+
+
+def test_bad_spec_is_named(meta: ModelMeta) -> None:
+    with pytest.raises(CalibrationDataError, match="expw:/nonexistent"):
+        dataset_views(meta, ["expw:/nonexistent"], "train", 4)

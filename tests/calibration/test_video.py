@@ -1,0 +1,56 @@
+"""Calibration samples from a real clip through the agent's sources, detector and crop code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.datasets import CalibrationDataError
+from calibration.video import camera_from_uri, video_views
+from edge_agent.modelmeta import ModelMeta
+
+
+@pytest.mark.parametrize(
+    ("uri", "kind"),
+    [
+        ("rtsp://user:pw@cam.local/stream1", "rtsp"),
+        ("rtsps://cam/s", "rtsp"),
+        ("0", "usb"),
+        ("12", "usb"),
+        ("v4l2src ! videoconvert ! appsink", "gstreamer"),
+    ],
+)
+def test_camera_from_uri(uri: str, kind: str) -> None:
+    cam = camera_from_uri(uri)
+    assert cam.source.type == kind and cam.name == "calibration"
+
+
+def test_camera_from_file(single_face_clip: Path) -> None:
+    assert camera_from_uri(str(single_face_clip)).source.type == "file"
+
+
+@pytest.mark.parametrize("uri", ["", "http://cam/stream", "no/such/clip.mp4"])
+def test_camera_from_uri_rejects(uri: str) -> None:
+    with pytest.raises(CalibrationDataError, match="--from-video"):
+        camera_from_uri(uri)
+
+
+def test_faces_from_a_real_clip(meta: ModelMeta, single_face_clip: Path) -> None:
+    vs, seen = video_views(meta, camera_from_uri(str(single_face_clip)), seconds=2.0, n=6, every_s=0.1)
+    assert 1 <= len(vs) <= 6 and seen.faces >= len(vs) and seen.frames_with_faces >= 1
+    assert seen.frames > 0 and 0 < seen.seconds <= 2.1
+    assert (vs.labels == -1).all() and all(o.startswith("video:calibration@") for o in vs.origin)
+    times = [float(o.split("@")[1].split("s#")[0]) for o in vs.origin]
+    assert times == sorted(times) and times[-1] - times[0] > 0.5  # spread over the clip, not one burst
+    assert set(vs.inputs) == {"person", "scene"} and vs.inputs["person"].shape[1:] == (3, 32, 32)
+    assert np.isfinite(vs.inputs["scene"]).all() and (vs.brightness > 20).all()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "n", "match"), [(0.0, 4, "--seconds=0.0"), (4000.0, 4, "--seconds=4000.0"), (1.0, 0, "n=0")]
+)
+def test_video_rejects(meta: ModelMeta, single_face_clip: Path, seconds: float, n: int, match: str) -> None:
+    with pytest.raises(CalibrationDataError, match=match):
+        video_views(meta, camera_from_uri(str(single_face_clip)), seconds=seconds, n=n)

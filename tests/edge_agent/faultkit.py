@@ -1,0 +1,100 @@
+"""Shared helpers of the fault-injection, load and security tests (issue 6).
+
+- `SLOW`: marks a test ``slow`` and skips it unless ``AFFECTLINE_SLOW=1`` (long outages, soaks).
+- `rtsp_server`: a real GStreamer RTSP server on loopback serving a real clip (`tests/rtsp_server.py`).
+- `start_agent` / `finish`: ``affectline run`` as a subprocess with stdout and stderr captured
+  together (the tests read the whole log).
+- `states` / `seqs`: what a subscriber saw, per topic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.edge_agent.conftest import Received, free_port
+from tests.rtsp_server import RtspServer, unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW_ENV = "AFFECTLINE_SLOW"
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get(SLOW_ENV) != "1", reason=f"slow: set {SLOW_ENV}=1 to run"),
+]
+
+
+def env_float(name: str, default: float) -> float:
+    """A duration from the environment (so CI runs short and docs runs long with the same test)."""
+    return float(os.environ.get(name, default))
+
+
+@pytest.fixture
+def rtsp_server(one_by_one_clip: Path) -> Iterator[Callable[..., RtspServer]]:
+    """``make(user=None, password=None) -> RtspServer``, started, serving a 139 s clip; stopped after."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    servers: list[RtspServer] = []
+
+    def make(user: str | None = None, password: str | None = None) -> RtspServer:
+        server = RtspServer(free_port(), one_by_one_clip, user, password)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def start_agent(config: Path, *args: str) -> subprocess.Popen[str]:
+    """``affectline -v run CONFIG`` with stdout and stderr in one pipe (DEBUG: the most log there is)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "-v", "run", str(config), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 60.0, own_exit_s: float = 0.0) -> str:
+    """Give the agent ``own_exit_s`` to exit by itself, then SIGTERM it; wait and return its whole log."""
+    try:
+        proc.wait(timeout=own_exit_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"agent did not exit within {timeout_s} s of SIGTERM:\n{out[-3000:]}") from None
+    return out
+
+
+def states(msgs: list[Received], suffix: str) -> list[str]:
+    """The ``state`` field of every message on topics ending with ``suffix``, in arrival order."""
+    return [m.json["state"] for m in msgs if m.topic.endswith(suffix)]
+
+
+def seqs(msgs: list[Received], suffix: str) -> list[int]:
+    """Distinct ``seq`` numbers on topics ending with ``suffix`` in arrival order (QoS 1 may repeat)."""
+    return list(dict.fromkeys(m.json["seq"] for m in msgs if m.topic.endswith(suffix)))
+
+
+def wait_for(predicate: Callable[[], Any], limit_s: float = 10.0, step_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return False

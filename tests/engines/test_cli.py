@@ -1,0 +1,151 @@
+"""``affectline engines ...``: real commands on real models; errors are one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from calibration.viewset import ViewSet
+from engines.cli import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, register
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="affectline")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture(scope="module")
+def eval_npz(engines_dir: Path, eval_views: ViewSet) -> Path:
+    path = engines_dir / "eval.npz"
+    eval_views.save(path)
+    return path
+
+
+def test_export_and_verify(
+    tmp_path: Path, checkpoint: Path, eval_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    assert (
+        run(["engines", "export", str(checkpoint), "--out", str(out), "--samples", str(eval_npz)]) == EXIT_OK
+    )
+    assert run(["engines", "verify", str(out), "--samples", str(eval_npz)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "ONNX Runtime vs PyTorch: top-1 agreement 100.00%" in text
+    assert f"{out} (fp32) vs {checkpoint}" in text and "— OK" in text
+
+
+def test_calibrate_from_datasets(
+    tmp_path: Path, fp32_onnx: Path, specs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "c.npz"
+    argv = ["engines", "calibrate", "--model", str(fp32_onnx), "--out", str(out), "--count", "21"]
+    for spec in specs:
+        argv += ["--data", spec]
+    assert run(argv) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "samples: 21 (0 unlabelled)" in text and "per class: angry 3, disgust 3" in text
+    assert ViewSet.load(out).content_hash() in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (
+            ["engines", "export", "{ckpt}", "--out", "{tmp}/m.onnx", "--samples", "{eval}", "--opset", "9"],
+            EXIT_BAD_INPUT,
+            "--opset=9: allowed 17..20",
+        ),
+        (
+            ["engines", "calibrate", "--model", "{onnx}", "--out", "{tmp}/c.npz", "--no-datasets"],
+            EXIT_BAD_INPUT,
+            "no calibration source",
+        ),
+        (
+            [
+                "engines",
+                "calibrate",
+                "--model",
+                "{onnx}",
+                "--out",
+                "{tmp}/c.npz",
+                "--from-video",
+                "nowhere.mp4",
+            ],
+            EXIT_BAD_INPUT,
+            "--from-video='nowhere.mp4'",
+        ),
+        (
+            [
+                "engines",
+                "quantize",
+                "{onnx}",
+                "--calibration",
+                "{tmp}/none.npz",
+                "--out",
+                "{tmp}/q.onnx",
+                "--samples",
+                "{eval}",
+            ],
+            EXIT_BAD_INPUT,
+            "not a readable view set",
+        ),
+        (
+            ["engines", "build", "{onnx}", "--out", "{tmp}/m.engine"],
+            EXIT_BAD_INPUT,
+            "--samples FILE.npz is needed",
+        ),
+        (
+            ["engines", "build", "{onnx}", "--out", "{tmp}/m.engine", "--no-verify", "--batch", "8,4,2"],
+            EXIT_BAD_INPUT,
+            "batch range min=8 opt=4 max=2",
+        ),
+        (
+            ["engines", "verify", "{tmp}/none.onnx", "--samples", "{eval}"],
+            EXIT_BAD_INPUT,
+            "none.onnx is not a file",
+        ),
+    ],
+)
+def test_errors_are_one_line(
+    tmp_path: Path,
+    checkpoint: Path,
+    fp32_onnx: Path,
+    eval_npz: Path,
+    argv: list[str],
+    code: int,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    subs = {
+        "{ckpt}": str(checkpoint),
+        "{onnx}": str(fp32_onnx),
+        "{eval}": str(eval_npz),
+        "{tmp}": str(tmp_path),
+    }
+    filled = [_fill(a, subs) for a in argv]
+    assert run(filled) == code
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _fill(arg: str, subs: dict[str, str]) -> str:
+    for key, value in subs.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_build_without_tensorrt_fails_with_exit_1(
+    tmp_path: Path, int8_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run(["engines", "build", str(int8_onnx), "--out", str(tmp_path / "m.engine"), "--no-verify"])
+        == EXIT_FAIL
+    )
+    err = capsys.readouterr().err
+    assert "TensorRT is not importable" in err and err.count("\n") == 1

@@ -1,0 +1,75 @@
+"""Engine build: everything up to the TensorRT calls runs here; the build itself is a GPU test."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from calibration.viewset import ViewSet
+from engines.errors import EnginesInputError, TensorRTUnavailable
+from engines.trt_build import _fp32_source, build_engine, inspect_onnx
+from engines.trt_plan import OnnxPrecision
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def test_inspect_fp32_and_int8(fp32_onnx: Path, int8_onnx: Path) -> None:
+    kind, inputs, outputs, props = inspect_onnx(fp32_onnx)
+    assert kind == OnnxPrecision(has_qdq=False, has_fp16=False) and kind.label == "fp32"
+    assert inputs == {"person": (3, 32, 32), "scene": (3, 32, 32)}
+    assert outputs == ["logits", "valence_arousal"] and props["affectline.format"] == "1"
+    kind8, inputs8, _, props8 = inspect_onnx(int8_onnx)
+    assert kind8.has_qdq and kind8.label == "int8-qdq" and inputs8 == inputs and props8 == props
+
+
+def test_inspect_rejects_non_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"\x00not a protobuf\xff" * 3)
+    with pytest.raises(EnginesInputError, match="not a readable ONNX"):
+        inspect_onnx(bad)
+
+
+def test_fallback_source_comes_from_quantize_sidecar(
+    int8_onnx: Path, fp32_onnx: Path, tmp_path: Path
+) -> None:
+    assert _fp32_source(int8_onnx, None) == fp32_onnx
+    assert _fp32_source(int8_onnx, tmp_path / "given.onnx") == tmp_path / "given.onnx"
+    assert _fp32_source(tmp_path / "no-sidecar.onnx", None) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"workspace_mb": 8}, "--workspace-mb=8"), ({"workspace_mb": 100_000}, "--workspace-mb=100000")],
+)
+def test_rejects_bad_workspace(int8_onnx: Path, tmp_path: Path, kwargs: dict[str, int], match: str) -> None:
+    with pytest.raises(EnginesInputError, match=match):
+        build_engine(int8_onnx, tmp_path / "m.engine", **kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_onnx(tmp_path: Path) -> None:
+    with pytest.raises(EnginesInputError, match="is not a file"):
+        build_engine(tmp_path / "none.onnx", tmp_path / "m.engine")
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; this checks the message where it is not")
+def test_without_tensorrt_says_how_to_get_it(int8_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(TensorRTUnavailable, match="JetPack"):
+        build_engine(int8_onnx, tmp_path / "m.engine")
+
+
+@pytest.mark.gpu
+def test_build_writes_sidecar_and_timing_cache(
+    tensorrt: object, int8_onnx: Path, eval_views: ViewSet, tmp_path: Path
+) -> None:
+    from engines.trt_sidecar import EngineSidecar
+
+    report = build_engine(int8_onnx, tmp_path / "m.engine", samples=eval_views)
+    side = EngineSidecar.read(report.engine)
+    assert side.precision == "int8" and side.tensorrt_version == tensorrt.__version__  # type: ignore[attr-defined]
+    assert side.calibration_sha256 and (tmp_path / "m.engine.timing-cache").stat().st_size > 0
+    again = build_engine(
+        int8_onnx, tmp_path / "m2.engine", timing_cache=tmp_path / "m.engine.timing-cache", samples=eval_views
+    )
+    assert again.seconds > 0 and "OK" in again.verification

@@ -1,0 +1,218 @@
+"""Dataset readers on the real shared data (skipped when absent) and on bad files made in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import shared_path
+from train.data.records import (
+    CLASSES,
+    DataError,
+    ferplus_majority,
+    ferplus_votes_to_dist,
+    read_emotion6,
+    read_expw,
+    read_fer2013_csv,
+    read_ferplus_duplicates,
+    read_ferplus_folder,
+    read_image_folder,
+    read_manifest,
+    read_unlabelled,
+    read_video,
+)
+from train.data.sources import load_source, parse_spec
+
+
+@pytest.mark.parametrize(
+    "votes,dist,majority",
+    [
+        ([0, 0, 0, 0, 0, 0, 0, 3, 5, 2], None, -1),  # only contempt/unknown/NF votes
+        ([0, 0, 0, 0, 0, 0, 0, 6, 4, 0], None, -1),
+        (
+            [4, 0, 0, 1, 3, 2, 0, 0, 0, 0],
+            {"neutral": 0.4, "sad": 0.1, "angry": 0.3, "disgust": 0.2},
+            CLASSES.index("neutral"),
+        ),
+        ([0, 2, 0, 0, 0, 0, 0, 6, 0, 0], {"happy": 1.0}, -1),  # majority contempt: no hard label
+        ([0, 10, 0, 0, 0, 0, 0, 0, 0, 0], {"happy": 1.0}, CLASSES.index("happy")),
+    ],
+)
+def test_ferplus_vote_mapping(votes: list[int], dist: dict[str, float] | None, majority: int) -> None:
+    got = ferplus_votes_to_dist(np.array(votes, np.float32))
+    if dist is None:
+        assert got is None
+    else:
+        expected = np.zeros(7, np.float32)
+        for k, v in dist.items():
+            expected[CLASSES.index(k)] = v
+        assert got is not None
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert ferplus_majority(np.array(votes, np.float32)) == majority
+
+
+def test_ferplus_real_counts_and_majority_matches_labels_csv() -> None:
+    root = shared_path("data", "ferplus")
+    dups = read_ferplus_duplicates(root / "test_val_images_duplicated_in_train.csv")
+    assert len(dups) == 603
+    test, report = read_ferplus_folder(root / "FER2013Test", exclude=dups)
+    assert report.kept == len(test) and len(test) + sum(len(v) for v in report.skipped.values()) == 3573
+    with open(root / "labels.csv", newline="") as fh:
+        official = {row["relpath"]: row["ferplus_majority"] for row in csv.DictReader(fh)}
+    for s in test[:300]:
+        name = official[f"FER2013Test/{Path(s.image).name}"]
+        assert (CLASSES[s.label] if s.label >= 0 else "other") == (name if name in CLASSES else "other")
+        assert s.tight_face and s.dist is not None and abs(sum(s.dist) - 1) < 1e-5
+
+
+def test_expw_and_emotion6_real() -> None:
+    expw, rep = read_expw(shared_path("data", "expw"))
+    assert rep.kept == len(expw) > 4000
+    assert all(s.box is not None and 0 <= s.label < 7 for s in expw)
+    e6, rep6 = read_emotion6(shared_path("data", "emotion6"))
+    assert rep6.kept == len(e6) == 1584
+    va = np.array([s.va for s in e6])
+    assert va.min() >= -1 and va.max() <= 1
+
+
+def test_expw_split_is_by_image_and_deterministic() -> None:
+    spec = f"expw:{shared_path('data', 'expw')}"
+    a, b = load_source(spec, 0.2, 0), load_source(spec, 0.2, 0)
+    assert [s.image for s in a.test] == [s.image for s in b.test]
+    assert not {s.image for s in a.train} & {s.image for s in a.test}
+    assert 0.1 < len(a.test) / (len(a.train) + len(a.test)) < 0.3
+
+
+def test_video_frames_real() -> None:
+    samples, rep = read_video(shared_path("videos", "single_face.mp4"), every=10)
+    assert rep.kept == len(samples) > 0 and samples[0].pixels is not None and samples[0].pixels.ndim == 3
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "header lacks column"),
+        ("image,x1\na.png,1\n", "lacks column"),
+        ("image,label,x1,y1\na.png,happy,1,2\n", "box columns must be all"),
+        ("image,label\na.png,joyful\n", r"manifest.csv:2: label 'joyful' not in"),
+        ("image,label\na.png,9\n", "label '9' not in"),
+        ("image,label,x1,y1,x2,y2\na.png,happy,10,10,5,20\n", r"manifest.csv:2: box .* is empty"),
+        ("image,label,x1,y1,x2,y2\na.png,happy,a,b,c,d\n", "must be numbers"),
+        ("image,label\n,happy\n", "empty 'image'"),
+    ],
+)
+def test_manifest_bad_input_names_file_and_line(tmp_path: Path, content: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        read_manifest(_write(tmp_path / "manifest.csv", content))
+
+
+def test_manifest_good(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "m.csv", "image,label,x1,y1,x2,y2\na.png,happy,1,2,30,40\nb.png,,,,,\nc.png,3,,,,\n"
+    )
+    samples, rep = read_manifest(path)
+    assert [s.label for s in samples] == [3, -1, 3]
+    assert samples[0].box == (1, 2, 30, 40) and samples[1].box is None
+    assert samples[0].image == str(tmp_path / "a.png") and samples[0].origin.endswith("m.csv:2")
+
+
+@pytest.mark.parametrize("spec", ["nope:/tmp", "ferplus", "ferplus:/does/not/exist", "manifest:"])
+def test_bad_source_spec(spec: str) -> None:
+    with pytest.raises(DataError):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize("reader,sub", [(read_expw, "label.lst"), (read_emotion6, "ground_truth.txt")])
+def test_missing_dataset_root(tmp_path: Path, reader: Callable[[Path], object], sub: str) -> None:
+    with pytest.raises(DataError, match=sub):
+        reader(tmp_path / "absent")
+
+
+def test_ferplus_label_csv_wrong_fields(tmp_path: Path) -> None:
+    _write(tmp_path / "label.csv", 'a.png,"(0, 0, 48, 48)",1,2\n')
+    with pytest.raises(DataError, match=r"label.csv:1: expected file, box and 10 votes"):
+        read_ferplus_folder(tmp_path)
+
+
+def test_ferplus_skips_and_counts(tmp_path: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 48), np.uint8))
+    _write(
+        tmp_path / "label.csv",
+        "a.png,b,1,0,0,0,0,0,0,0,0,0\nmissing.png,b,1,0,0,0,0,0,0,0,0,0\na.png,b,0,0,0,0,0,0,0,1,1,1\n",
+    )
+    samples, rep = read_ferplus_folder(tmp_path)
+    assert len(samples) == 1
+    assert {k: len(v) for k, v in rep.skipped.items()} == {
+        "image file missing": 1,
+        "no vote in the 7 classes": 1,
+    }
+
+
+def test_expw_bad_lines(tmp_path: Path) -> None:
+    (tmp_path / "Images").mkdir()
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "Images" / "x.jpg"), np.zeros((50, 50, 3), np.uint8))
+    _write(
+        tmp_path / "label.lst", "x.jpg 0 1 2 30 40 9.0 3\nx.jpg 0 1 2 30 40 9.0 8\nx.jpg 0 5 30 2 40 9.0 1\n"
+    )
+    samples, rep = read_expw(tmp_path)
+    assert len(samples) == 1 and samples[0].box == (2.0, 1.0, 30.0, 40.0)
+    assert sum(len(v) for v in rep.skipped.values()) == 2
+    _write(tmp_path / "label.lst", "x.jpg 0 1 2\n")
+    with pytest.raises(DataError, match="label.lst:1: expected 8 fields"):
+        read_expw(tmp_path)
+
+
+def test_fer2013_csv(tmp_path: Path) -> None:
+    good = " ".join(["7"] * 2304)
+    path = _write(
+        tmp_path / "fer2013.csv",
+        f"emotion,pixels,Usage\n3,{good},Training\n9,{good},Training\n"
+        f"2,1 2 3,Training\n1,{good},PublicTest\n",
+    )
+    samples, rep = read_fer2013_csv(path, usage="Training")
+    assert [s.label for s in samples] == [3] and samples[0].pixels is not None
+    assert samples[0].pixels.shape == (48, 48)
+    assert sum(len(v) for v in rep.skipped.values()) == 2
+    with pytest.raises(DataError, match="header must contain"):
+        read_fer2013_csv(_write(tmp_path / "bad.csv", "a,b\n1,2\n"))
+
+
+def test_image_folder(tmp_path: Path) -> None:
+    import cv2
+
+    for c in ("happy", "sad"):
+        (tmp_path / c).mkdir()
+        cv2.imwrite(str(tmp_path / c / "1.png"), np.zeros((48, 48), np.uint8))
+    samples, _ = read_image_folder(tmp_path)
+    assert sorted(s.label for s in samples) == [CLASSES.index("happy"), CLASSES.index("sad")]
+    (tmp_path / "joy").mkdir()
+    with pytest.raises(DataError, match="'joy' is not a class"):
+        read_image_folder(tmp_path)
+    assert read_unlabelled(tmp_path)[1].kept == 2
+
+
+def test_emotion6_bad_values(tmp_path: Path) -> None:
+    (tmp_path / "images" / "joy").mkdir(parents=True)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "images" / "joy" / "1.jpg"), np.zeros((40, 40, 3), np.uint8))
+    header = "\t".join(["img", "v", "a"] + [f"p{i}" for i in range(7)])
+    rows = ["joy/1.jpg\t7\t3\t0\t0\t0\t1\t0\t0\t0", "joy/1.jpg\t12\t3\t0\t0\t0\t1\t0\t0\t0", "joy/1.jpg\tx"]
+    samples, rep = read_emotion6(
+        _write(tmp_path / "ground_truth.txt", header + "\n" + "\n".join(rows) + "\n").parent
+    )
+    assert len(samples) == 1 and samples[0].va == (0.5, -0.5) and samples[0].label == CLASSES.index("happy")
+    assert sum(len(v) for v in rep.skipped.values()) == 2

@@ -1,0 +1,98 @@
+"""``affectline train ...`` end to end through the real CLI parser: evaluation report and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edge_agent.cli import build_parser
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from tests.conftest import shared_path
+from train.checkpoint import make_meta, save_checkpoint
+from train.data.records import CLASSES
+from train.models import build_model
+
+
+def _cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}, "test_fraction": 0.2, "split_seed": 0}
+    model = build_model("affectline_mnv2_64", pretrained=False)
+    return save_checkpoint(
+        tmp_path / "c.pt",
+        model,
+        None,
+        0,
+        cfg,
+        make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, cfg, "t"),
+        {},
+    )
+
+
+def test_evaluate_manifest_writes_report_and_skips_bad_samples(tmp_path: Path, checkpoint: Path) -> None:
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:5]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    lines = ["image,label,x1,y1,x2,y2"] + [f"{p},happy,4,4,44,44" for p in faces]
+    lines += [f"{tmp_path / 'broken.png'},sad,,,,", f"{faces[0]},neutral,0,0,400,400"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    assert (
+        _cli(
+            [
+                "train",
+                "evaluate",
+                str(checkpoint),
+                "--data",
+                f"manifest:{tmp_path / 'm.csv'}",
+                "--out",
+                str(tmp_path / "ev"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "ev" / "manifest_test.json").read_text())
+    assert report["n_samples"] == 5 and report["n_skipped"] == 2
+    assert report["classification"]["support"]["happy"] == 5
+    assert (tmp_path / "ev" / "manifest_test_confusion.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--data", "ferplus:/does/not/exist"], "does not exist"),
+        (["--data", "weird:/tmp"], "kind in"),
+    ],
+)
+def test_evaluate_bad_input_exit_2(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert _cli(["train", "evaluate", str(checkpoint), *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_missing_checkpoint_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["train", "evaluate", str(tmp_path / "none.pt"), "--data", f"manifest:{tmp_path}"]) == 2
+    assert "none.pt does not exist" in capsys.readouterr().err
+
+
+def test_manifest_missing_column_exit_2(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "m.csv").write_text("path,label\na.png,happy\n")
+    assert _cli(["train", "evaluate", str(checkpoint), "--data", f"manifest:{tmp_path / 'm.csv'}"]) == 2
+    assert "m.csv:1" in capsys.readouterr().err
+
+
+def test_finetune_bad_config_key_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text("lr: 0.1\nlearning_rate: 3\n")
+    assert _cli(["train", "finetune", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "learning_rate" in capsys.readouterr().err

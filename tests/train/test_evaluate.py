@@ -1,0 +1,68 @@
+"""Metrics on arrays and the predictor-agnostic evaluation (a real deterministic predictor function)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from train.data.records import CLASSES, Sample
+from train.evaluate import confusion_png, evaluate, write_report
+from train.metrics import classification_report, confusion, va_report
+
+
+def test_confusion_ignores_unlabelled() -> None:
+    cm = confusion(np.array([0, 1, 1, -1]), np.array([0, 1, 0, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "labels,preds,acc,f1",
+    [
+        ([], [], float("nan"), float("nan")),
+        ([0, 0], [0, 0], 1.0, 1.0),
+        ([0, 1, 1, 1], [0, 1, 1, 0], 0.75, (2 / 3 + 0.8) / 2),
+    ],
+)
+def test_classification_report(labels: list[int], preds: list[int], acc: float, f1: float) -> None:
+    r = classification_report(np.array(labels, int), np.array(preds, int), ("a", "b", "c"))
+    assert (np.isnan(r["accuracy"]) and np.isnan(acc)) or r["accuracy"] == pytest.approx(acc)
+    assert (np.isnan(r["macro_f1"]) and np.isnan(f1)) or r["macro_f1"] == pytest.approx(f1)
+
+
+def test_va_report() -> None:
+    r = va_report(np.array([[0.0, 0.5], [1.0, 0.5]]), np.array([[0.0, 0.0], [0.5, 1.0]]))
+    assert r["valence_mae"] == pytest.approx(0.25) and r["arousal_mae"] == pytest.approx(0.5)
+    assert r["valence_pearson"] == pytest.approx(1.0) and r["arousal_pearson"] == 0.0
+
+
+def _brightness_predictor(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class 3 (happy) for bright person views, 4 (sad) otherwise; valence = brightness."""
+    b = person.reshape(len(person), -1).mean(1) / 255
+    probs = np.zeros((len(person), 7))
+    probs[np.arange(len(person)), np.where(b > 0.5, 3, 4)] = 1
+    return probs, np.stack([b * 2 - 1, np.zeros_like(b)], 1)
+
+
+def test_evaluate_with_any_predictor(tmp_path: Path) -> None:
+    samples = []
+    for i, (value, label) in enumerate([(230, 3), (20, 4), (240, 4), (10, 4)]):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((40, 40, 3), value, np.uint8))
+        samples.append(Sample(str(tmp_path / f"{i}.png"), None, label, va=(value / 255 * 2 - 1, 0.0)))
+    samples.append(Sample(str(tmp_path / "missing.png"), None, 3))
+    result = evaluate(samples, _brightness_predictor, DEFAULT_PERSON, DEFAULT_SCENE, CLASSES, batch_size=2)
+    cls = result.report["classification"]
+    assert result.report["n_samples"] == 4 and len(result.skipped) == 1
+    assert cls["accuracy"] == 0.75 and cls["per_class_recall"]["sad"] == pytest.approx(2 / 3)
+    assert result.report["valence_arousal"]["valence_mae"] < 0.05
+    path = write_report(result, tmp_path / "out", "t", CLASSES, {"data": "x"})
+    assert path.exists() and (tmp_path / "out" / "t_confusion.png").exists()
+
+
+def test_confusion_png_size(tmp_path: Path) -> None:
+    confusion_png(np.eye(7, dtype=int) * 5, CLASSES, tmp_path / "c.png", cell=40)
+    img = cv2.imread(str(tmp_path / "c.png"))
+    assert img.shape[0] == 90 + 7 * 40 + 10

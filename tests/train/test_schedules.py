@@ -1,0 +1,34 @@
+"""Schedules are pure functions of the step / budget progress."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.schedules import budget_cosine, linear_ramp, warmup_cosine
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [(0, 0.1), (9, 1.0), (10, 1.0), (55, 0.5), (100, 0.0), (1000, 0.0)],
+)
+def test_warmup_cosine(step: int, expected: float) -> None:
+    assert warmup_cosine(step, total=100, warmup=10, base=1.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("total,warmup,base", [(0, 0, 1.0), (10, 11, 1.0), (10, 2, -1.0)])
+def test_warmup_cosine_bad_args(total: int, warmup: int, base: float) -> None:
+    with pytest.raises(ValueError, match="warmup_cosine"):
+        warmup_cosine(0, total, warmup, base)
+
+
+@pytest.mark.parametrize(
+    "step,progress,expected",
+    [(0, 0.9, 0.25), (3, 0.0, 1.0), (100, 0.0, 1.0), (100, 0.5, 0.55), (100, 1.0, 0.1), (100, 2.0, 0.1)],
+)
+def test_budget_cosine(step: int, progress: float, expected: float) -> None:
+    assert budget_cosine(step, progress, warmup=4, base=1.0, final=0.1) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step,expected", [(-1, 0.0), (0, 0.0), (5, 0.5), (10, 1.0), (20, 1.0)])
+def test_linear_ramp(step: int, expected: float) -> None:
+    assert linear_ramp(step, 0, 10, 0.0, 1.0) == pytest.approx(expected)

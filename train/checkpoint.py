@@ -1,0 +1,145 @@
+"""Checkpoints: model name + kwargs + weights + the agent's ``ModelMeta`` + resolved config (+ sha256).
+
+A checkpoint is self-describing: ``load_model`` rebuilds the network from the factory name and kwargs
+and returns the metadata the exporter writes into the ONNX file, so nothing about views,
+normalisation or class order is re-typed downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from edge_agent.modelmeta import InputSpec, ModelMeta
+from edge_agent.views import ViewGeometry
+from train.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+FORMAT = "affectline-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or lacks a required entry (message names the file)."""
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """Hash of the resolved config in canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def make_meta(
+    classes: tuple[str, ...], person: ViewGeometry, scene: ViewGeometry, config: dict[str, Any], version: str
+) -> ModelMeta:
+    """The agent-facing metadata of a model trained with ``config``.
+
+    Inputs are named ``person`` and ``scene``, outputs ``logits`` and ``valence_arousal``.
+    """
+
+    def spec(name: str, geo: ViewGeometry) -> InputSpec:
+        return InputSpec(name, name, geo, IMAGENET_MEAN, IMAGENET_STD, "RGB")
+
+    return ModelMeta(
+        classes=tuple(classes),
+        inputs=(spec("person", person), spec("scene", scene)),
+        logits_output="logits",
+        va_output="valence_arousal",
+        model_version=version,
+        train_config_sha256=config_sha256(config),
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)
+    assert isinstance(inner, nn.Module)
+    return inner
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    config: dict[str, Any],
+    meta: ModelMeta,
+    extra: dict[str, Any],
+) -> Path:
+    """Write a checkpoint atomically and its resolved config (``<stem>.config.yaml``) beside it.
+
+    Args:
+        path: Target ``.pt`` file.
+        model: The network (DDP wrapper allowed).
+        optimizer: Optimizer whose state is kept for resuming, or ``None`` for a release file.
+        epoch: Completed epochs (or the epoch in progress for a mid-epoch save; see ``extra``).
+        config: Resolved config; must contain ``model`` (factory name) and ``model_kwargs``.
+        meta: Agent metadata (see ``make_meta``).
+        extra: Anything else to keep (metrics, step within the epoch, scheduler position).
+
+    Raises:
+        ValueError: ``config`` lacks ``model`` or ``model_kwargs``.
+    """
+    if "model" not in config or "model_kwargs" not in config:
+        raise ValueError(f"save_checkpoint: config needs 'model' and 'model_kwargs', has {sorted(config)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format": FORMAT,
+        "model": config["model"],
+        "model_kwargs": config["model_kwargs"],
+        "state_dict": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "meta_props": meta.to_props(),
+        "config": config,
+        "config_sha256": config_sha256(config),
+        "extra": extra,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    with open(path.with_name(path.stem + ".config.yaml"), "w") as fh:
+        yaml.safe_dump(
+            {"config_sha256": blob["config_sha256"], **json.loads(json.dumps(config, default=str))},
+            fh,
+            sort_keys=True,
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict (for resuming).
+
+    Raises:
+        CheckpointError: missing file, not a torch file, or not an Affectline checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files; report them all the same way
+        raise CheckpointError(f"checkpoint {path} is not readable: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an Affectline checkpoint (format {FORMAT!r})")
+    return blob
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model of a checkpoint in eval mode, with its agent metadata.
+
+    Raises:
+        CheckpointError: see ``load_checkpoint``; also weights that do not fit the named model.
+    """
+    blob = load_checkpoint(path)
+    kwargs = {**blob["model_kwargs"], "pretrained": False}
+    model = build_model(blob["model"], **kwargs)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {blob['model']!r}: {exc}") from exc
+    return model.eval(), ModelMeta.from_props(blob["meta_props"], source=str(path))

@@ -1,0 +1,158 @@
+"""``affectline train pretrain|finetune|evaluate|profile``: thin wrappers mapping errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+PEER = "peer:facial-emotion-recognition"
+
+
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report bad input (missing files, malformed data, bad config) as one line and exit code 2."""
+
+    def call(args: argparse.Namespace) -> int:
+        from train.checkpoint import CheckpointError
+        from train.data.records import DataError
+
+        try:
+            return func(args)
+        except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+            print(f"affectline train: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+    return call
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from train.main_finetune import config_from_args, run
+
+    run(config_from_args(args))
+    return EXIT_OK
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from train.main_pretrain import config_from_args, run
+
+    run(config_from_args(args))
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from train.checkpoint import load_checkpoint, load_model
+    from train.data.sources import load_source
+    from train.evaluate import evaluate, torch_predictor, write_report
+
+    torch.set_num_threads(args.threads)
+    if args.checkpoint == PEER:
+        predictor, meta, cfg = _peer()
+    else:
+        model, meta = load_model(args.checkpoint)
+        predictor = torch_predictor(model)
+        cfg = load_checkpoint(args.checkpoint)["config"]
+    for spec in args.data:
+        splits = load_source(spec, cfg.get("test_fraction", 0.2), cfg.get("split_seed", 0))
+        samples = (
+            splits.train + splits.val + splits.test if args.split == "all" else getattr(splits, args.split)
+        )
+        if not samples:
+            samples = splits.test
+        result = evaluate(
+            samples,
+            predictor,
+            meta.input_for("person").geometry,
+            meta.input_for("scene").geometry,
+            meta.classes,
+            args.batch_size,
+        )
+        name = f"{spec.split(':', 1)[0]}_{args.split}"
+        prov = {
+            "checkpoint": args.checkpoint
+            if args.checkpoint == PEER
+            else str(Path(args.checkpoint).resolve()),
+            "data": spec,
+            "split": args.split,
+            "config_sha256": meta.train_config_sha256,
+            "readers": [r.summary() for r in splits.reports],
+        }
+        path = write_report(result, args.out, name, meta.classes, prov)
+        cls = result.report.get("classification", {})
+        va = result.report.get("valence_arousal", {})
+        line = f"{name}: n={result.report['n_samples']} skipped={result.report['n_skipped']}"
+        if cls:
+            line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
+        if va:
+            line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
+        print(f"{line} -> {path}")
+    return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from train.profile import model_cost, train_throughput
+
+    for name in args.models:
+        cost = model_cost(name)
+        line = (
+            f"{name}: params={cost['params'] / 1e6:.2f}M flops/person={cost['flops_per_person'] / 1e6:.1f}M"
+        )
+        if args.steps:
+            for cl in (False, True):
+                rate = train_throughput(name, args.batch_size, args.steps, args.threads, use_channels_last=cl)
+                line += f" train({'channels_last' if cl else 'NCHW'}, {args.threads} thr)={rate:.1f} pairs/s"
+        print(line)
+    return EXIT_OK
+
+
+def _peer() -> tuple[Any, Any, dict[str, Any]]:
+    """The packaged FER2013 CNN peer, with the default view geometry and split settings."""
+    from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+    from train.checkpoint import make_meta
+    from train.data.records import CLASSES
+    from train.evaluate import fer_cnn_predictor
+    from train.teachers.prior import load_prior
+
+    meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, "facial-emotion-recognition==0.3.4")
+    return fer_cnn_predictor(load_prior().va), meta, {}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` command group to the ``affectline`` parser."""
+    from train.config import finetune_args, pretrain_args
+
+    train = subparsers.add_parser("train", help="pretrain, fine-tune and evaluate the emotion model")
+    sub = train.add_subparsers(dest="train_command", required=True)
+
+    p = sub.add_parser("pretrain", help="UniEmoX-style masked + semantic-guided pretraining")
+    pretrain_args(p)
+    p.set_defaults(func=_guard(_pretrain))
+
+    p = sub.add_parser("finetune", help="supervised fine-tuning (soft targets, VA, class balancing)")
+    finetune_args(p)
+    p.set_defaults(func=_guard(_finetune))
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on datasets (JSON + confusion PNG)")
+    p.add_argument("checkpoint", help=f"a .pt checkpoint from finetune, or {PEER} (the packaged FER2013 CNN)")
+    p.add_argument("--data", action="append", required=True, help="kind:path (repeatable), e.g. ferplus:DIR")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "all"),
+        help="which split (ExpW/Emotion6 use the checkpoint's held-out split; default test)",
+    )
+    p.add_argument("--out", default="runs/eval", help="folder for the JSON reports and PNGs")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_guard(_evaluate))
+
+    p = sub.add_parser("profile", help="parameters, FLOPs per person and training throughput of models")
+    p.add_argument("models", nargs="+", help="factory names, e.g. affectline_mnv2_64 affectline_mnv2_96_64")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps (0 = skip throughput)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_guard(_profile))

@@ -1,0 +1,222 @@
+"""Run configurations and their command-line flags (light: no torch import, so ``affectline --help``
+and ``affectline validate`` stay fast).
+
+Every run resolves one of these dataclasses (defaults < ``--config`` file < flags) and stores it,
+with its sha256, next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
+
+TEACHERS = ("offline", "clip", "none")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths (0 disables each)."""
+
+    flip: float = 0.5
+    shift: float = 0.06
+    scale: float = 0.10
+    rotate_deg: float = 10.0
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    grayscale: float = 0.15
+    erase: float = 0.25
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run (resolved and stored next to every checkpoint)."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/finetune"
+    model: str = "affectline_mnv2_64"
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"fusion_dim": 512, "dropout": 0.2})
+    init: str = ""
+    person_scale: float = DEFAULT_PERSON.scale
+    scene_scale: float = DEFAULT_SCENE.scale
+    scene_y_shift: float = DEFAULT_SCENE.y_shift
+    epochs: int = 30
+    budget_minutes: float = 0.0
+    max_steps: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    encoder_lr_scale: float = 0.5
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    label_smoothing: float = 0.05
+    class_power: float = 0.5
+    source_weights: dict[str, float] = field(
+        default_factory=lambda: {"ferplus": 1.0, "expw": 1.5, "emotion6": 0.5}
+    )
+    va_weight: float = 0.5
+    prior_va_weight: float = 0.3
+    augment: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(AugmentConfig()))
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    threads: int = 2
+    workers: int = 0
+    checkpoint_minutes: float = 10.0
+    max_samples: int = 0
+    resume: bool = True
+
+    def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
+        from train.models import view_sizes
+
+        sp, ss = view_sizes(self.model)
+        return (ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift))
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run (resolved and stored next to every checkpoint)."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/pretrain"
+    model: str = "affectline_mnv2_64"
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"fusion_dim": 512, "dropout": 0.2})
+    teacher: str = "offline"
+    clip_model: str = "ViT-B-32"
+    clip_checkpoint: str = ""
+    teacher_scene_weight: float = 0.5
+    mask_ratio: float = 0.6
+    w_profile: float = 1.0
+    w_embed: float = 1.0
+    w_recon: float = 1.0
+    person_scale: float = DEFAULT_PERSON.scale
+    scene_scale: float = DEFAULT_SCENE.scale
+    scene_y_shift: float = DEFAULT_SCENE.y_shift
+    epochs: int = 10
+    budget_minutes: float = 0.0
+    max_steps: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    augment: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(AugmentConfig(erase=0.0)))
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    threads: int = 2
+    workers: int = 0
+    checkpoint_minutes: float = 10.0
+    max_samples: int = 0
+    resume: bool = True
+
+    def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
+        from train.models import view_sizes
+
+        sp, ss = view_sizes(self.model)
+        return ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift)
+
+
+def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """Config file (``--config``, YAML or JSON) overlaid with the flags that were given.
+
+    Raises:
+        ValueError: the file has keys that are not fields of ``cls``.
+    """
+    import yaml
+
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        with open(args.config) as fh:
+            base = yaml.safe_load(fh) or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(base) - names
+    if unknown:
+        raise ValueError(f"{args.config}: unknown config key(s) {sorted(unknown)}; allowed {sorted(names)}")
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            base[name] = v
+    return base
+
+
+def finetune_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``affectline train finetune``; each overrides the FinetuneConfig field of the same name."""
+    d = FinetuneConfig()
+    p.add_argument("--config", help="JSON/YAML file with FinetuneConfig fields (flags override it)")
+    p.add_argument("--data", action="append", help="data source kind:path (repeatable)")
+    p.add_argument("--out", help=f"run folder (default {d.out})")
+    p.add_argument("--model", help=f"factory name (default {d.model})")
+    p.add_argument("--init", help="pretraining checkpoint to start from")
+    for name in (
+        "epochs",
+        "max_steps",
+        "batch_size",
+        "threads",
+        "workers",
+        "seed",
+        "max_samples",
+        "split_seed",
+        "warmup_steps",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    for name in (
+        "budget_minutes",
+        "lr",
+        "class_power",
+        "checkpoint_minutes",
+        "va_weight",
+        "prior_va_weight",
+        "person_scale",
+        "scene_scale",
+        "scene_y_shift",
+        "encoder_lr_scale",
+        "label_smoothing",
+        "weight_decay",
+        "test_fraction",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
+
+
+def pretrain_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``affectline train pretrain``; each overrides the PretrainConfig field of the same name."""
+    d = PretrainConfig()
+    p.add_argument("--config", help="JSON/YAML file with PretrainConfig fields (flags override it)")
+    p.add_argument("--data", action="append", help="data source kind:path (repeatable; labels ignored)")
+    p.add_argument("--out", help=f"run folder (default {d.out})")
+    p.add_argument("--model", help=f"factory name (default {d.model})")
+    p.add_argument("--teacher", choices=TEACHERS, help=f"semantic teacher (default {d.teacher})")
+    p.add_argument("--clip-model", dest="clip_model")
+    p.add_argument("--clip-checkpoint", dest="clip_checkpoint")
+    for name in (
+        "epochs",
+        "max_steps",
+        "batch_size",
+        "threads",
+        "workers",
+        "seed",
+        "max_samples",
+        "warmup_steps",
+        "split_seed",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
+    for name in (
+        "budget_minutes",
+        "lr",
+        "mask_ratio",
+        "w_profile",
+        "w_embed",
+        "w_recon",
+        "checkpoint_minutes",
+        "person_scale",
+        "scene_scale",
+        "scene_y_shift",
+        "teacher_scene_weight",
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)

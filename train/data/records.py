@@ -1,0 +1,433 @@
+"""Dataset readers: every supported format becomes a list of ``Sample`` records.
+
+A record says where the image is, which box anchors its views (a face, or ``None`` = the whole
+image) and whatever labels exist. Readers check every line at the boundary: a bad file or header
+raises ``DataError`` naming file and line; a single bad sample line is skipped and counted in the
+returned ``ReadReport``, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# FER+ vote columns, in the order of label.csv / fer2013new.csv.
+FERPLUS_VOTES = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
+_FERPLUS_TO_OURS = {
+    "neutral": "neutral",
+    "happiness": "happy",
+    "surprise": "surprise",
+    "sadness": "sad",
+    "anger": "angry",
+    "disgust": "disgust",
+    "fear": "fear",
+}
+# FER2013 integer labels 0..6 are already in CLASSES order (the Kaggle challenge order).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset file is missing or malformed; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training/evaluation sample.
+
+    Attributes:
+        image: Image file path, or ``fer2013.csv#<row>`` for pixels stored inline (``pixels`` set).
+        box: Anchor box (x1, y1, x2, y2) in pixels — the face when known; ``None`` = whole image.
+        label: Hard class index into ``CLASSES`` (majority), or -1 when unknown.
+        dist: (7,) class distribution (soft target) or ``None``.
+        va: (valence, arousal) in [-1, 1], or ``None``.
+        source: Dataset name, for per-source weights and reports.
+        pixels: (H, W) uint8 image when the format stores pixels inline (FER2013 CSV).
+        tight_face: The image is itself a tight face crop with no context (FER2013/FER+).
+        origin: ``file:line`` of the record that produced the sample, for error messages.
+    """
+
+    image: str
+    box: tuple[float, float, float, float] | None = None
+    label: int = -1
+    dist: tuple[float, ...] | None = None
+    va: tuple[float, float] | None = None
+    source: str = ""
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
+    tight_face: bool = False
+    origin: str = ""
+
+
+@dataclass
+class ReadReport:
+    """What a reader kept and skipped (reason → list of "file:line" places)."""
+
+    source: str
+    kept: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped.setdefault(reason, []).append(where)
+
+    def summary(self) -> str:
+        parts = [f"{self.source}: kept {self.kept}"]
+        for reason, places in self.skipped.items():
+            parts.append(f"skipped {len(places)} ({reason}; first: {places[0]})")
+        return ", ".join(parts)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what}: {path} does not exist")
+    return path
+
+
+def ferplus_votes_to_dist(votes: np.ndarray) -> np.ndarray | None:
+    """10 FER+ vote counts → 7-class distribution in ``CLASSES`` order (contempt/unknown/NF dropped).
+
+    Returns ``None`` when no vote falls in the 7 classes.
+    """
+    out = np.zeros(len(CLASSES), np.float32)
+    for name, count in zip(FERPLUS_VOTES, votes, strict=True):
+        if name in _FERPLUS_TO_OURS:
+            out[CLASSES.index(_FERPLUS_TO_OURS[name])] += count
+    total = out.sum()
+    return out / total if total > 0 else None
+
+
+def ferplus_majority(votes: np.ndarray) -> int:
+    """Hard FER+ label: the most-voted of the 10 columns; -1 if that is contempt/unknown/NF."""
+    name = FERPLUS_VOTES[int(np.argmax(votes))]
+    return CLASSES.index(_FERPLUS_TO_OURS[name]) if name in _FERPLUS_TO_OURS else -1
+
+
+def read_ferplus_folder(
+    folder: Path | str, exclude: set[str] | None = None
+) -> tuple[list[Sample], ReadReport]:
+    """FER+ split folder (``FER2013Train`` etc.) with its header-less ``label.csv``.
+
+    Args:
+        folder: The split folder holding ``label.csv`` and the PNGs.
+        exclude: Relative names ``<folder name>/<file>`` to leave out (e.g. train duplicates).
+    """
+    folder = Path(folder)
+    label_csv = _require(Path(folder) / "label.csv", "FER+ folder")
+    report = ReadReport(f"ferplus:{folder.name}")
+    samples = []
+    with open(label_csv, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            where = f"{label_csv}:{lineno}"
+            if len(row) != 12:
+                raise DataError(f"{where}: expected file, box and 10 votes (12 fields), got {len(row)}")
+            if exclude and f"{folder.name}/{row[0]}" in exclude:
+                report.skip("duplicate of a train image", where)
+                continue
+            try:
+                votes = np.array([float(v) for v in row[2:]], np.float32)
+            except ValueError:
+                raise DataError(f"{where}: vote counts must be numbers, got {row[2:]}") from None
+            dist = ferplus_votes_to_dist(votes)
+            if dist is None:
+                report.skip("no vote in the 7 classes", where)
+                continue
+            path = folder / row[0]
+            if not path.exists():
+                report.skip("image file missing", where)
+                continue
+            samples.append(
+                Sample(
+                    str(path),
+                    None,
+                    ferplus_majority(votes),
+                    tuple(dist.tolist()),
+                    None,
+                    "ferplus",
+                    tight_face=True,
+                )
+            )
+    report.kept = len(samples)
+    return samples, report
+
+
+def read_ferplus_duplicates(csv_path: Path | str) -> set[str]:
+    """Valid/Test images with a copy in Train (``test_val_images_duplicated_in_train.csv``)."""
+    path = _require(Path(csv_path), "FER+ duplicates file")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "eval_image" not in reader.fieldnames:
+            raise DataError(f"{path}:1: header must contain 'eval_image'")
+        return {row["eval_image"] for row in reader}
+
+
+def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[list[Sample], ReadReport]:
+    """Kaggle ``fer2013.csv`` (emotion, pixels, Usage); pixels are kept inline.
+
+    Args:
+        csv_path: The CSV file.
+        usage: Keep only rows with this ``Usage`` (``Training``, ``PublicTest``, ``PrivateTest``).
+    """
+    path = _require(Path(csv_path), "FER2013 CSV")
+    report = ReadReport("fer2013")
+    samples = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"emotion", "pixels"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise DataError(f"{path}:1: header must contain {sorted(need)}, got {reader.fieldnames}")
+        for lineno, row in enumerate(reader, 2):
+            where = f"{path}:{lineno}"
+            if usage and row.get("Usage") != usage:
+                continue
+            try:
+                label = int(row["emotion"])
+                pix = np.array(row["pixels"].split(), np.uint8)
+            except (ValueError, AttributeError):
+                report.skip("unparsable emotion or pixels", where)
+                continue
+            if not 0 <= label < len(CLASSES):
+                report.skip(f"label outside 0..{len(CLASSES) - 1}", where)
+                continue
+            if pix.size != 48 * 48:
+                report.skip("pixels are not 48x48", where)
+                continue
+            samples.append(
+                Sample(
+                    f"{path}#{lineno}",
+                    None,
+                    label,
+                    None,
+                    None,
+                    "fer2013",
+                    pixels=pix.reshape(48, 48),
+                    tight_face=True,
+                )
+            )
+    report.kept = len(samples)
+    return samples, report
+
+
+def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[Sample], ReadReport]:
+    """Class-per-folder layout ``root/<class>/*.png`` (FER2013 image-folder release).
+
+    Folder names must be in ``CLASSES``; other folders raise so a typo cannot silently drop a class.
+    """
+    root = _require(Path(root), "image folder root")
+    report = ReadReport(f"folder:{root.name}")
+    samples = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if sub.name not in CLASSES:
+            raise DataError(f"{sub}: folder name {sub.name!r} is not a class; allowed {CLASSES}")
+        label = CLASSES.index(sub.name)
+        for img in sorted(sub.iterdir()):
+            if img.suffix.lower() in IMAGE_SUFFIXES:
+                samples.append(Sample(str(img), None, label, None, None, "folder", tight_face=tight_face))
+    report.kept = len(samples)
+    return samples, report
+
+
+def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
+    """ExpW ``label.lst``: ``image face_id top left right bottom confidence label`` per face."""
+    root = Path(root)
+    lst = _require(root / "label.lst", "ExpW root")
+    report = ReadReport("expw")
+    samples = []
+    with open(lst) as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"{lst}:{lineno}"
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 8:
+                raise DataError(
+                    f"{where}: expected 8 fields (image face_id top left right bottom conf label)"
+                )
+            try:
+                top, left, right, bottom = (float(v) for v in parts[2:6])
+                label = int(parts[7])
+            except ValueError:
+                report.skip("unparsable box or label", where)
+                continue
+            if not 0 <= label < len(CLASSES):
+                report.skip(f"label outside 0..{len(CLASSES) - 1}", where)
+                continue
+            if right <= left or bottom <= top or left < 0 or top < 0:
+                report.skip("empty or negative box", where)
+                continue
+            path = root / "Images" / parts[0]
+            if not path.exists():
+                report.skip("image file missing", where)
+                continue
+            samples.append(
+                Sample(str(path), (left, top, right, bottom), label, None, None, "expw", origin=where)
+            )
+    report.kept = len(samples)
+    return samples, report
+
+
+# Emotion6 rater columns are anger, disgust, fear, joy, sadness, surprise, neutral = CLASSES order.
+def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
+    """Emotion6 ``ground_truth.txt``: image, valence 1–9, arousal 1–9, 7-way rater distribution."""
+    root = Path(root)
+    gt = _require(root / "ground_truth.txt", "Emotion6 root")
+    report = ReadReport("emotion6")
+    samples = []
+    with open(gt) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        if len(header) != 10:
+            raise DataError(f"{gt}:1: expected 10 tab-separated columns, got {len(header)}")
+        for lineno, line in enumerate(fh, 2):
+            where = f"{gt}:{lineno}"
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 10:
+                report.skip("not 10 tab-separated fields", where)
+                continue
+            try:
+                v, a, *dist = (float(x) for x in parts[1:])
+            except ValueError:
+                report.skip("unparsable number", where)
+                continue
+            if not (1 <= v <= 9 and 1 <= a <= 9) or min(dist) < 0 or sum(dist) <= 0:
+                report.skip("valence/arousal outside 1..9 or invalid distribution", where)
+                continue
+            path = root / "images" / parts[0]
+            if not path.exists():
+                report.skip("image file missing", where)
+                continue
+            d = np.array(dist, np.float32) / sum(dist)
+            samples.append(
+                Sample(
+                    str(path),
+                    None,
+                    int(np.argmax(d)),
+                    tuple(d.tolist()),
+                    ((v - 5) / 4, (a - 5) / 4),
+                    "emotion6",
+                )
+            )
+    report.kept = len(samples)
+    return samples, report
+
+
+def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
+    """Generic manifest CSV with header ``image,label[,x1,y1,x2,y2]``.
+
+    ``image`` is relative to the manifest's folder (or absolute); ``label`` is a class name or
+    index, empty for unlabelled; the box (all four or none) anchors the views, none = whole image.
+    Box validity against the image size is checked when the image is loaded.
+    """
+    path = _require(Path(csv_path), "manifest")
+    report = ReadReport(f"manifest:{path.name}")
+    samples = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        missing = [c for c in ("image", "label") if c not in cols]
+        if missing:
+            raise DataError(
+                f"{path}:1: manifest header lacks column(s) {missing}; need image,label[,x1,y1,x2,y2]"
+            )
+        box_cols = [c for c in ("x1", "y1", "x2", "y2") if c in cols]
+        if box_cols and len(box_cols) != 4:
+            raise DataError(f"{path}:1: box columns must be all of x1,y1,x2,y2, got {box_cols}")
+        for lineno, row in enumerate(reader, 2):
+            samples.append(_manifest_row(row, lineno, path, bool(box_cols)))
+    report.kept = len(samples)
+    return samples, report
+
+
+def _manifest_row(row: dict[str, str], lineno: int, path: Path, has_box: bool) -> Sample:
+    where = f"{path}:{lineno}"
+    if not row.get("image"):
+        raise DataError(f"{where}: empty 'image'")
+    img = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
+    label = _parse_label(row.get("label") or "", where)
+    box = None
+    if has_box and any(row.get(c) for c in ("x1", "y1", "x2", "y2")):
+        try:
+            x1, y1, x2, y2 = (float(row[c]) for c in ("x1", "y1", "x2", "y2"))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{where}: box x1,y1,x2,y2 must be numbers, got "
+                f"{[row.get(c) for c in ('x1', 'y1', 'x2', 'y2')]}"
+            ) from None
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: box ({x1}, {y1}, {x2}, {y2}) is empty (need x2 > x1 and y2 > y1)")
+        box = (x1, y1, x2, y2)
+    return Sample(str(img), box, label, None, None, f"manifest:{path.name}", origin=where)
+
+
+def _parse_label(text: str, where: str) -> int:
+    text = text.strip()
+    if not text:
+        return -1
+    if text in CLASSES:
+        return CLASSES.index(text)
+    if text.isdigit() and int(text) < len(CLASSES):
+        return int(text)
+    raise DataError(f"{where}: label {text!r} not in {CLASSES} (or 0..{len(CLASSES) - 1})")
+
+
+def read_unlabelled(root: Path | str) -> tuple[list[Sample], ReadReport]:
+    """All images under a folder (recursively), unlabelled, for pretraining."""
+    root = _require(Path(root), "unlabelled image folder")
+    report = ReadReport(f"unlabelled:{root.name}")
+    samples = [
+        Sample(str(p), None, -1, None, None, "unlabelled")
+        for p in sorted(root.rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    report.kept = len(samples)
+    return samples, report
+
+
+def read_video(path: Path | str, every: int = 10, max_frames: int = 500) -> tuple[list[Sample], ReadReport]:
+    """Every ``every``-th frame of a video as an unlabelled sample (RGB pixels kept inline).
+
+    Raises:
+        DataError: the file is missing or OpenCV cannot decode a single frame.
+    """
+    import cv2
+
+    path = _require(Path(path), "video")
+    cap = cv2.VideoCapture(str(path))
+    report = ReadReport(f"video:{path.name}")
+    samples: list[Sample] = []
+    index = 0
+    try:
+        while len(samples) < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % every == 0:
+                samples.append(
+                    Sample(
+                        f"{path}#frame{index}",
+                        None,
+                        -1,
+                        None,
+                        None,
+                        "video",
+                        pixels=cv2.cvtColor(frame, cv2.COLOR_BGR2RGB),
+                    )
+                )
+            index += 1
+    finally:
+        cap.release()
+    if not samples:
+        raise DataError(f"{path}: no decodable video frame")
+    report.kept = len(samples)
+    return samples, report

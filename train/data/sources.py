@@ -1,0 +1,105 @@
+"""Named data sources (``kind:path``) → train / validation / test sample lists.
+
+Kinds: ``ferplus`` (root with FER2013Train/Valid/Test), ``expw`` (root with label.lst),
+``emotion6`` (root with ground_truth.txt), ``fer2013csv`` (Kaggle CSV), ``folder`` (class folders),
+``manifest`` (CSV image,label[,x1,y1,x2,y2]), ``unlabelled`` (image folder), ``video`` (every 10th
+frame of a video file, unlabelled).
+ExpW and Emotion6 have no official split here, so a fixed-seed split by image holds out a test part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.data.records import (
+    DataError,
+    ReadReport,
+    Sample,
+    read_emotion6,
+    read_expw,
+    read_fer2013_csv,
+    read_ferplus_duplicates,
+    read_ferplus_folder,
+    read_image_folder,
+    read_manifest,
+    read_unlabelled,
+    read_video,
+)
+from train.data.splits import split_by_image
+
+KINDS = ("ferplus", "expw", "emotion6", "fer2013csv", "folder", "manifest", "unlabelled", "video")
+
+
+@dataclass
+class Splits:
+    """Samples of one or more sources, by split, plus what each reader skipped."""
+
+    train: list[Sample] = field(default_factory=list)
+    val: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+    reports: list[ReadReport] = field(default_factory=list)
+
+    def extend(self, other: Splits) -> None:
+        self.train += other.train
+        self.val += other.val
+        self.test += other.test
+        self.reports += other.reports
+
+
+def parse_spec(spec: str) -> tuple[str, Path]:
+    """``kind:path`` → (kind, path).
+
+    Raises:
+        DataError: unknown kind or missing path.
+    """
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in KINDS or not path:
+        raise DataError(f"data source {spec!r}: expected <kind>:<path> with kind in {KINDS}")
+    if not Path(path).exists():
+        raise DataError(f"data source {spec!r}: path {path} does not exist")
+    return kind, Path(path)
+
+
+def load_source(spec: str, test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
+    """Read one source and split it.
+
+    FER+ uses its official Train/Valid/Test (Valid/Test images duplicated in Train removed);
+    ExpW and Emotion6 are split by image (``test_fraction``, ``split_seed``); the other kinds
+    go entirely to ``test`` when used for evaluation and to ``train`` otherwise (see ``as_train``).
+    """
+    kind, path = parse_spec(spec)
+    out = Splits()
+    if kind == "ferplus":
+        dup_file = path / "test_val_images_duplicated_in_train.csv"
+        dups = read_ferplus_duplicates(dup_file) if dup_file.exists() else set()
+        for split, folder in (("train", "FER2013Train"), ("val", "FER2013Valid"), ("test", "FER2013Test")):
+            samples, report = read_ferplus_folder(path / folder, exclude=dups)
+            getattr(out, split).extend(samples)
+            out.reports.append(report)
+        return out
+    readers: dict[str, Callable[[Path], tuple[list[Sample], ReadReport]]] = {
+        "expw": read_expw,
+        "emotion6": read_emotion6,
+        "fer2013csv": read_fer2013_csv,
+        "folder": read_image_folder,
+        "manifest": read_manifest,
+        "unlabelled": read_unlabelled,
+        "video": read_video,
+    }
+    samples, report = readers[kind](path)
+    out.reports.append(report)
+    if kind in ("expw", "emotion6"):
+        out.train, out.test = split_by_image(samples, test_fraction, split_seed)
+    else:
+        out.test = samples
+    return out
+
+
+def as_train(splits: Splits, spec: str) -> Splits:
+    """For generic sources (no own split) used in training, move their samples to ``train``."""
+    kind, _ = parse_spec(spec)
+    if kind in ("ferplus", "expw", "emotion6"):
+        return splits
+    return Splits(train=splits.test, reports=splits.reports)

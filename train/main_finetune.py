@@ -1,0 +1,223 @@
+"""Supervised fine-tuning of the dual-view model: soft targets, class balancing, augmentation, VA.
+
+Run: ``affectline train finetune --data ferplus:../shared/data/ferplus --data expw:../shared/data/expw
+--out runs/default`` (or under ``torchrun --nproc-per-node N``). A time budget (``--budget-minutes``)
+makes the cosine schedule a function of elapsed wall time (kept in the checkpoint, so a resumed run
+continues it): the rate anneals when the budget ends, whatever throughput the shared CPU gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from train.checkpoint import load_checkpoint, make_meta
+from train.config import AugmentConfig, FinetuneConfig, finetune_args, merge_config
+from train.data.dataset import DualViewDataset
+from train.data.records import CLASSES
+from train.data.sources import Splits, as_train, load_source
+from train.data.splits import WeightedDistributedSampler, balanced_weights
+from train.engine import (
+    BudgetedLoop,
+    Runtime,
+    channels_last,
+    predict,
+    seed_everything,
+    setup_runtime,
+    teardown_runtime,
+    to_inputs,
+    wrap_ddp,
+)
+from train.losses import soft_cross_entropy, va_loss
+from train.metrics import classification_report
+from train.models import build_model
+from train.models.dual_view import DualViewNet
+from train.teachers.prior import load_prior
+
+LOG_FIELDS = (
+    "epoch",
+    "global_step",
+    "lr",
+    "train_loss",
+    "train_va_loss",
+    "train_acc",
+    "val_acc",
+    "val_macro_f1",
+    "val_n",
+    "elapsed_s",
+    "samples_per_s",
+)
+
+
+def load_data(cfg: FinetuneConfig) -> Splits:
+    """All sources of the config, split; ``max_samples`` (tests, smoke runs) truncates each list."""
+    splits = Splits()
+    for spec in cfg.data:
+        splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed), spec))
+    if cfg.max_samples:
+        rng = np.random.default_rng(cfg.seed)
+        for name in ("train", "val", "test"):
+            items = getattr(splits, name)
+            keep = sorted(rng.permutation(len(items))[: cfg.max_samples].tolist())
+            setattr(splits, name, [items[i] for i in keep])
+    return splits
+
+
+def _param_groups(model: torch.nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """Encoder at ``encoder_lr_scale`` × lr; no weight decay on norms, biases and embeddings."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        enc = name.startswith("features.")
+        decay = p.ndim > 1 and "view_embed" not in name
+        groups.setdefault((enc, decay), []).append(p)
+    return [
+        {
+            "params": ps,
+            "lr_scale": cfg.encoder_lr_scale if enc else 1.0,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        for (enc, decay), ps in groups.items()
+    ]
+
+
+class Finetuner(BudgetedLoop):
+    """One fine-tuning run: builds data, model and optimizer; ``fit`` trains, validates, checkpoints."""
+
+    log_fields = LOG_FIELDS
+    net: DualViewNet
+
+    def __init__(self, cfg: FinetuneConfig, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.person, self.scene = cfg.geometries()
+        self.prior = load_prior()
+        self.splits = load_data(cfg)
+        if not self.splits.train:
+            raise ValueError(f"no training samples in data sources {cfg.data}")
+        self.augment = AugmentConfig(**cfg.augment)
+        self.train_set = DualViewDataset(
+            self.splits.train,
+            self.person,
+            self.scene,
+            self.augment,
+            self.prior.va,
+            cfg.prior_va_weight,
+            cfg.seed,
+        )
+        self.val_set = DualViewDataset(self.splits.val, self.person, self.scene) if self.splits.val else None
+        weights = balanced_weights(self.splits.train, cfg.class_power, cfg.source_weights)
+        self.sampler = WeightedDistributedSampler(
+            weights, len(self.splits.train), rt.rank, rt.world, cfg.seed
+        )
+        self.net = build_model(cfg.model, **cfg.model_kwargs)
+        channels_last(self.net)
+        if cfg.init:
+            _load_encoder(self.net, cfg.init)
+        self._init_va_head()
+        self.model = wrap_ddp(self.net, rt)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.net, cfg), lr=cfg.lr)
+        self.meta = make_meta(
+            CLASSES, self.person, self.scene, self.resolved(), f"{cfg.model} {time.strftime('%Y-%m-%d')}"
+        )
+        self.init_loop()
+
+    def resolved(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self.cfg)
+        d["person_geometry"] = self.person.to_dict()
+        d["scene_geometry"] = self.scene.to_dict()
+        d["classes"] = list(CLASSES)
+        return d
+
+    def _init_va_head(self) -> None:
+        """Start the VA head at the circumplex prior's mean over classes (bias = atanh of it)."""
+        with torch.no_grad():
+            mean_va = torch.as_tensor(self.prior.va.mean(axis=0)).clamp(-0.9, 0.9)
+            self.net.va_head.bias.copy_(torch.atanh(mean_va))
+
+    def train_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
+        self.set_lr()
+        self.model.train()
+        person, scene = to_inputs(batch, self.rt, self.augment, gen)
+        logits, va = self.model(person, scene)
+        dev = self.rt.device
+        has = batch["has_cls"].to(dev)
+        cls = soft_cross_entropy(logits, batch["dist"].to(dev), has, self.cfg.label_smoothing)
+        reg = va_loss(va, batch["va"].to(dev), batch["va_weight"].to(dev).float())
+        loss = cls + self.cfg.va_weight * reg
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        hard = batch["dist"].argmax(1).to(dev)
+        correct = int(((logits.argmax(1) == hard) & has).sum())
+        return {
+            "train_loss": float(loss.detach()),
+            "train_va_loss": float(reg.detach()),
+            "correct": correct,
+            "n": int(has.sum()),
+        }
+
+    def validate(self) -> dict[str, Any]:
+        if self.val_set is None:
+            return {}
+        loader = DataLoader(self.val_set, batch_size=128, num_workers=self.cfg.workers)
+        pred = predict(self.net, loader, self.rt)
+        report = classification_report(pred["label"], pred["probs"].argmax(1), CLASSES)
+        return {
+            **report,
+            "val_acc": report["accuracy"],
+            "val_macro_f1": report["macro_f1"],
+            "val_n": report["n"],
+        }
+
+
+def _load_encoder(model: torch.nn.Module, path: str) -> None:
+    """Initialise from a pretraining checkpoint: take every weight whose name and shape match."""
+    blob = load_checkpoint(path)
+    own = model.state_dict()
+    take = {k: v for k, v in blob["state_dict"].items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("features.") for k in take):
+        raise ValueError(f"--init {path}: no encoder weights match model {blob.get('model')!r}")
+    model.load_state_dict(take, strict=False)
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The resolved config of ``affectline train finetune`` (defaults < --config file < flags)."""
+    return FinetuneConfig(**merge_config(FinetuneConfig, args))
+
+
+def run(cfg: FinetuneConfig) -> dict[str, Any]:
+    rt = setup_runtime(cfg.threads)
+    try:
+        seed_everything(cfg.seed + rt.rank)
+        tuner = Finetuner(cfg, rt)
+        if rt.main:
+            for r in tuner.splits.reports:
+                print(r.summary(), flush=True)
+            print(
+                f"train {len(tuner.splits.train)} val {len(tuner.splits.val)} test {len(tuner.splits.test)}; "
+                f"{tuner.steps_per_epoch} steps/epoch",
+                flush=True,
+            )
+        result = tuner.fit()
+        bad = tuner.train_set.bad
+        if rt.main and bad:
+            print(f"skipped {len(bad)} unusable image(s), e.g. {next(iter(bad.values()))}", flush=True)
+        return result
+    finally:
+        teardown_runtime()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    finetune_args(p)
+    run(config_from_args(p.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

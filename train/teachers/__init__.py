@@ -1,0 +1,1 @@
+"""Frozen teachers for semantic guidance and the psychological emotion prior."""
