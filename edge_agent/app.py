@@ -24,7 +24,7 @@ from edge_agent.infer import ModelLoadError
 from edge_agent.metrics import AgentMetrics, MetricsServer, publisher_samples
 from edge_agent.pipeline import Pipeline
 from edge_agent.preview import ConsoleTable, PreviewWriter, format_table, person_rows
-from edge_agent.publish import Publisher
+from edge_agent.publish import Publisher, state_payload
 from edge_agent.samples import SampleError, sample_clip
 from edge_agent.sources import Source, open_source
 from edge_agent.structures import CameraStatus, Frame, FrameResult
@@ -123,7 +123,7 @@ class AffectlineApp:
 
     def init_outputs(self) -> None:
         if self.cfg.output.preview.path:
-            fps = {name: _source_fps(src) for name, src in self.sources.items()}
+            fps = {name: src.source_fps for name, src in self.sources.items()}
             self.preview = PreviewWriter(self.cfg.output.preview, fps)
         if self.cfg.output.console:
             self.console = ConsoleTable()
@@ -219,7 +219,7 @@ class AffectlineApp:
         self.publisher.stats(self.stats_payload())
 
     def stats_payload(self) -> dict[str, Any]:
-        cams = {name: _status_dict(src.status()) for name, src in self.sources.items()}
+        cams = {name: state_payload(src.status()) for name, src in self.sources.items()}
         return {**self.stats.as_dict(), "cameras": cams, "mqtt": self.publisher.counters()}
 
     def _should_stop(self) -> bool:
@@ -228,21 +228,6 @@ class AffectlineApp:
         if self.max_seconds and time.monotonic() - self.stats.started >= self.max_seconds:
             return True
         return bool(self.sources) and all(src.ended for src in self.sources.values())
-
-
-def _source_fps(src: Source) -> float:
-    fps = getattr(src, "source_fps", 0.0)
-    return float(fps or 0.0)
-
-
-def _status_dict(status: CameraStatus) -> dict[str, Any]:
-    return {
-        "state": status.state,
-        "fps": round(status.fps, 2),
-        "frames": status.frames,
-        "drops": status.drops,
-        "errors": status.errors,
-    }
 
 
 def _apply_overrides(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
