@@ -92,7 +92,8 @@ class AffectlineApp:
         self.stop_event = threading.Event()
         self.stats = LoopStats()
         self.pipeline = Pipeline(cfg)
-        log.info("model %s: classes %s", self.pipeline.inferencer.meta.model_version, ",".join(self.pipeline.classes))
+        meta = self.pipeline.inferencer.meta
+        log.info("model %s: classes %s", meta.model_version, ",".join(meta.classes))
         cameras = [c.name for c in cfg.cameras]
         self.publisher = Publisher(cfg.mqtt, cfg.agent_id, cameras, self.pipeline.classes)
         self.sources: dict[str, Source] = {}
