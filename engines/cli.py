@@ -137,16 +137,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from calibration.viewset import ViewSet
+    from engines.errors import EnginesInputError
     from engines.trt_build import build_engine
     from engines.trt_plan import BatchRange
 
     samples = None if args.no_verify else ViewSet.load(args.samples) if args.samples else None
     if samples is None and not args.no_verify:
-        print(
-            "engines build: --samples FILE.npz is needed to check the engine (or --no-verify)",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
+        raise EnginesInputError("--samples FILE.npz is needed to check the engine (or --no-verify)")
     report = build_engine(
         _model_path(args.onnx),
         args.out,
@@ -180,48 +177,35 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.agreement.ok else EXIT_FAIL
 
 
+def _error_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """The library errors that mean bad input (exit 2) and a failed check or runtime (exit 1).
+
+    Imported on use so that ``affectline --help`` does not load the libraries.
+    """
+    from calibration.datasets import CalibrationDataError
+    from calibration.viewset import ViewSetError
+    from edge_agent.config import ConfigError
+    from edge_agent.modelmeta import ModelContractError
+    from engines.errors import EngineMismatchError, EnginesInputError, TensorRTUnavailable, VerificationError
+
+    bad_input = (EnginesInputError, CalibrationDataError, ViewSetError, ModelContractError, ConfigError)
+    return bad_input, (VerificationError, TensorRTUnavailable, EngineMismatchError)
+
+
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn library errors into one line on stderr and an exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        from calibration.datasets import CalibrationDataError
-        from calibration.viewset import ViewSetError
-        from edge_agent.config import ConfigError
-        from edge_agent.modelmeta import ModelContractError
-        from engines.errors import (
-            EngineMismatchError,
-            EnginesInputError,
-            TensorRTUnavailable,
-            VerificationError,
-        )
-
-        bad_input: tuple[type[BaseException], ...] = (
-            EnginesInputError,
-            CalibrationDataError,
-            ViewSetError,
-            ModelContractError,
-            ConfigError,
-        )
-        failed: tuple[type[BaseException], ...] = (
-            VerificationError,
-            TensorRTUnavailable,
-            EngineMismatchError,
-        )
+        bad_input, failed = _error_types()
+        # Model loaders, checkpoints and files raise the built-in ones; they still get one line.
+        handled: tuple[type[Exception], ...] = (*bad_input, *failed, RuntimeError, ValueError, OSError)
         try:
             return func(args)
-        except bad_input as exc:
-            print(f"engines {args.engines_command}: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except failed as exc:
-            print(f"engines {args.engines_command}: {exc}", file=sys.stderr)
-            return EXIT_FAIL
-        except (
-            RuntimeError,
-            ValueError,
-            OSError,
-        ) as exc:  # model loaders, checkpoints, files: still one line
-            print(f"engines {args.engines_command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_FAIL
+        except handled as exc:
+            # Our own errors are worded for the user; anything else is named by its type.
+            message = str(exc) if isinstance(exc, bad_input + failed) else f"{type(exc).__name__}: {exc}"
+            print(f"engines {args.engines_command}: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT if isinstance(exc, bad_input) else EXIT_FAIL
 
     return run
 

@@ -172,16 +172,12 @@ def open_runner(path: str | Path, threads: int = 1, device: int = 0) -> Runner:
     from edge_agent.config import OnnxRuntimeBackend, TensorRTBackend
     from edge_agent.infer import OrtBackend, TrtBackend
 
-    path = Path(path)
-    if not path.is_file():
-        raise EnginesInputError(f"model {str(path)!r} is not a file")
+    path = _model_file(path)
     if path.suffix == ".onnx":
         return OrtBackend(OnnxRuntimeBackend(type="onnxruntime", model=str(path), threads=threads))
     if path.suffix in ENGINE_SUFFIXES:
         return TrtBackend(TensorRTBackend(type="tensorrt", engine=str(path), device=device))
-    if path.suffix in CHECKPOINT_SUFFIXES:
-        return TorchRunner(path)
-    raise EnginesInputError(f"model {str(path)!r}: suffix {path.suffix!r} not in {', '.join(SUFFIXES)}")
+    return TorchRunner(path)  # _model_file lets no suffix but the checkpoint ones through
 
 
 def read_meta(path: str | Path) -> ModelMeta:
@@ -190,9 +186,7 @@ def read_meta(path: str | Path) -> ModelMeta:
     Raises:
         EnginesInputError: unknown suffix or missing file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EnginesInputError(f"model {str(path)!r} is not a file")
+    path = _model_file(path)
     if path.suffix == ".onnx":
         import onnx
 
@@ -202,11 +196,24 @@ def read_meta(path: str | Path) -> ModelMeta:
         from engines.trt_sidecar import EngineSidecar
 
         return ModelMeta.from_props(EngineSidecar.read(path).model_props, source=f"{path} sidecar")
-    if path.suffix in CHECKPOINT_SUFFIXES:
-        from train.checkpoint import load_checkpoint
+    # _model_file lets no suffix but the checkpoint ones through.
+    from train.checkpoint import load_checkpoint
 
-        return ModelMeta.from_props(load_checkpoint(path)["meta_props"], source=str(path))
-    raise EnginesInputError(f"model {str(path)!r}: suffix {path.suffix!r} not in {', '.join(SUFFIXES)}")
+    return ModelMeta.from_props(load_checkpoint(path)["meta_props"], source=str(path))
+
+
+def _model_file(path: str | Path) -> Path:
+    """``path`` as a Path, checked to be a file with a model suffix.
+
+    Raises:
+        EnginesInputError: unknown suffix or missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EnginesInputError(f"model {str(path)!r} is not a file")
+    if path.suffix not in SUFFIXES:
+        raise EnginesInputError(f"model {str(path)!r}: suffix {path.suffix!r} not in {', '.join(SUFFIXES)}")
+    return path
 
 
 def check_inputs(meta: ModelMeta, views: ViewSet, where: str) -> None:

@@ -9,19 +9,21 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
-PEER = "peer:facial-emotion-recognition"
+# The packaged FER peers (``train.evaluate.PEERS``; named here so building the parser imports no torch).
+PEERS = ("peer:facial-emotion-recognition", "peer:fer", "peer:facex")
 
 
 def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report bad input (missing files, malformed data, bad config) as one line and exit code 2."""
 
     def call(args: argparse.Namespace) -> int:
+        from edge_agent.infer import ModelLoadError
         from train.checkpoint import CheckpointError
         from train.data.records import DataError
 
         try:
             return func(args)
-        except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        except (DataError, CheckpointError, ModelLoadError, ValueError, FileNotFoundError) as exc:
             print(f"affectline train: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
 
@@ -47,11 +49,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from train.checkpoint import load_checkpoint, load_model
     from train.data.sources import load_source
-    from train.evaluate import evaluate, torch_predictor, write_report
+    from train.evaluate import agent_predictor, evaluate, torch_predictor, write_report
 
     torch.set_num_threads(args.threads)
-    if args.checkpoint == PEER:
-        predictor, meta, cfg = _peer()
+    if args.checkpoint in PEERS:
+        predictor, meta, cfg = _peer(args.checkpoint, args.threads)
+    elif _is_agent_model(args.checkpoint):
+        predictor, meta = agent_predictor(args.checkpoint, args.threads)
+        cfg = {}  # the default split settings, which every training run uses unless told otherwise
     else:
         model, meta = load_model(args.checkpoint)
         predictor = torch_predictor(model)
@@ -73,9 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         name = f"{spec.split(':', 1)[0]}_{args.split}"
         prov = {
-            "checkpoint": args.checkpoint
-            if args.checkpoint == PEER
-            else str(Path(args.checkpoint).resolve()),
+            "checkpoint": _provenance(args.checkpoint),
             "data": spec,
             "split": args.split,
             "config_sha256": meta.train_config_sha256,
@@ -91,6 +94,26 @@ def _evaluate(args: argparse.Namespace) -> int:
             line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
         print(f"{line} -> {path}")
     return EXIT_OK
+
+
+def _provenance(name: str) -> str:
+    """What was evaluated: a peer name, or the resolved file path with its sha256 for ONNX files."""
+    if name in PEERS:
+        return name
+    if _is_agent_model(name):
+        from edge_agent.infer import resolve_model_path
+        from engines.artifacts import sha256_file
+
+        path = resolve_model_path(name)
+        return f"{path} (sha256 {sha256_file(path)})"
+    return str(Path(name).resolve())
+
+
+def _is_agent_model(name: str) -> bool:
+    """An ONNX file or a built-in model name (evaluated through the agent's inference code)."""
+    from edge_agent.infer import BUILTIN_MODELS
+
+    return name in BUILTIN_MODELS or name.endswith(".onnx")
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -109,16 +132,16 @@ def _profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _peer() -> tuple[Any, Any, dict[str, Any]]:
-    """The packaged FER2013 CNN peer, with the default view geometry and split settings."""
+def _peer(name: str, threads: int) -> tuple[Any, Any, dict[str, Any]]:
+    """A packaged FER peer, with the default view geometry and split settings."""
     from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
     from train.checkpoint import make_meta
     from train.data.records import CLASSES
-    from train.evaluate import fer_cnn_predictor
+    from train.evaluate import peer_predictor
     from train.teachers.prior import load_prior
 
-    meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, "facial-emotion-recognition==0.3.4")
-    return fer_cnn_predictor(load_prior().va), meta, {}
+    predictor, requirement = peer_predictor(name, load_prior().va, threads)
+    return predictor, make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, requirement), {}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -137,7 +160,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guard(_finetune))
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on datasets (JSON + confusion PNG)")
-    p.add_argument("checkpoint", help=f"a .pt checkpoint from finetune, or {PEER} (the packaged FER2013 CNN)")
+    p.add_argument(
+        "checkpoint",
+        help=f"a .pt checkpoint from finetune, an exported .onnx / INT8 model or a built-in model name "
+        f"(run through the agent's inference code), or a packaged FER peer: {', '.join(PEERS)}",
+    )
     p.add_argument("--data", action="append", required=True, help="kind:path (repeatable), e.g. ferplus:DIR")
     p.add_argument(
         "--split",

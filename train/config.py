@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
 
@@ -32,8 +32,24 @@ class AugmentConfig:
     erase: float = 0.25
 
 
+class _RunViews:
+    """The view geometries of a run config (a mixin: the dataclasses below own the fields)."""
+
+    model: str
+    person_scale: float
+    scene_scale: float
+    scene_y_shift: float
+
+    def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
+        """Person and scene view geometry: the config's scales with the model's input sizes."""
+        from train.models import view_sizes
+
+        sp, ss = view_sizes(self.model)
+        return ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift)
+
+
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(_RunViews):
     """Everything that defines a fine-tuning run (resolved and stored next to every checkpoint)."""
 
     data: list[str] = field(default_factory=list)
@@ -70,15 +86,9 @@ class FinetuneConfig:
     max_samples: int = 0
     resume: bool = True
 
-    def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
-        from train.models import view_sizes
-
-        sp, ss = view_sizes(self.model)
-        return (ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift))
-
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(_RunViews):
     """Everything that defines a pretraining run (resolved and stored next to every checkpoint)."""
 
     data: list[str] = field(default_factory=list)
@@ -114,11 +124,8 @@ class PretrainConfig:
     max_samples: int = 0
     resume: bool = True
 
-    def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
-        from train.models import view_sizes
 
-        sp, ss = view_sizes(self.model)
-        return ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift)
+RunConfig = TypeVar("RunConfig", FinetuneConfig, PretrainConfig)
 
 
 def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -144,79 +151,77 @@ def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     return base
 
 
+# The numeric fields each command exposes as flags, in --help order; the type comes from the config.
+_LOOP_NUMBERS = ("epochs", "max_steps", "batch_size", "threads", "workers", "seed", "max_samples")
+_FINETUNE_NUMBERS = (
+    *_LOOP_NUMBERS,
+    "split_seed",
+    "warmup_steps",
+    "budget_minutes",
+    "lr",
+    "class_power",
+    "checkpoint_minutes",
+    "va_weight",
+    "prior_va_weight",
+    "person_scale",
+    "scene_scale",
+    "scene_y_shift",
+    "encoder_lr_scale",
+    "label_smoothing",
+    "weight_decay",
+    "test_fraction",
+)
+_PRETRAIN_NUMBERS = (
+    *_LOOP_NUMBERS,
+    "warmup_steps",
+    "split_seed",
+    "budget_minutes",
+    "lr",
+    "mask_ratio",
+    "w_profile",
+    "w_embed",
+    "w_recon",
+    "checkpoint_minutes",
+    "person_scale",
+    "scene_scale",
+    "scene_y_shift",
+    "teacher_scene_weight",
+)
+
+
 def finetune_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``affectline train finetune``; each overrides the FinetuneConfig field of the same name."""
-    d = FinetuneConfig()
-    p.add_argument("--config", help="JSON/YAML file with FinetuneConfig fields (flags override it)")
-    p.add_argument("--data", action="append", help="data source kind:path (repeatable)")
-    p.add_argument("--out", help=f"run folder (default {d.out})")
-    p.add_argument("--model", help=f"factory name (default {d.model})")
+    _run_flags(p, FinetuneConfig, "data source kind:path (repeatable)")
     p.add_argument("--init", help="pretraining checkpoint to start from")
-    for name in (
-        "epochs",
-        "max_steps",
-        "batch_size",
-        "threads",
-        "workers",
-        "seed",
-        "max_samples",
-        "split_seed",
-        "warmup_steps",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
-    for name in (
-        "budget_minutes",
-        "lr",
-        "class_power",
-        "checkpoint_minutes",
-        "va_weight",
-        "prior_va_weight",
-        "person_scale",
-        "scene_scale",
-        "scene_y_shift",
-        "encoder_lr_scale",
-        "label_smoothing",
-        "weight_decay",
-        "test_fraction",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
-    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
+    _number_flags(p, FinetuneConfig, _FINETUNE_NUMBERS)
 
 
 def pretrain_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``affectline train pretrain``; each overrides the PretrainConfig field of the same name."""
-    d = PretrainConfig()
-    p.add_argument("--config", help="JSON/YAML file with PretrainConfig fields (flags override it)")
-    p.add_argument("--data", action="append", help="data source kind:path (repeatable; labels ignored)")
-    p.add_argument("--out", help=f"run folder (default {d.out})")
-    p.add_argument("--model", help=f"factory name (default {d.model})")
+    d = _run_flags(p, PretrainConfig, "data source kind:path (repeatable; labels ignored)")
     p.add_argument("--teacher", choices=TEACHERS, help=f"semantic teacher (default {d.teacher})")
     p.add_argument("--clip-model", dest="clip_model")
     p.add_argument("--clip-checkpoint", dest="clip_checkpoint")
-    for name in (
-        "epochs",
-        "max_steps",
-        "batch_size",
-        "threads",
-        "workers",
-        "seed",
-        "max_samples",
-        "warmup_steps",
-        "split_seed",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
-    for name in (
-        "budget_minutes",
-        "lr",
-        "mask_ratio",
-        "w_profile",
-        "w_embed",
-        "w_recon",
-        "checkpoint_minutes",
-        "person_scale",
-        "scene_scale",
-        "scene_y_shift",
-        "teacher_scene_weight",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=float, dest=name)
+    _number_flags(p, PretrainConfig, _PRETRAIN_NUMBERS)
+
+
+def _run_flags(p: argparse.ArgumentParser, cls: type[RunConfig], data_help: str) -> RunConfig:
+    """The flags every run command starts with: ``--config``, ``--data``, ``--out``, ``--model``.
+
+    Returns:
+        ``cls()``, whose defaults the callers quote in their own help texts.
+    """
+    d = cls()
+    p.add_argument("--config", help=f"JSON/YAML file with {cls.__name__} fields (flags override it)")
+    p.add_argument("--data", action="append", help=data_help)
+    p.add_argument("--out", help=f"run folder (default {d.out})")
+    p.add_argument("--model", help=f"factory name (default {d.model})")
+    return d
+
+
+def _number_flags(p: argparse.ArgumentParser, cls: type, names: tuple[str, ...]) -> None:
+    """``--name-with-dashes`` for each numeric field (typed like the field), then ``--no-resume``."""
+    types = get_type_hints(cls)
+    for name in names:
+        p.add_argument("--" + name.replace("_", "-"), type=types[name], dest=name)
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None)

@@ -10,6 +10,8 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import FinetuneConfig, PretrainConfig
 from train.data.augment import AugmentConfig, photometric
+from train.data.sources import Splits, as_train, load_source
 from train.models import IMAGENET_MEAN, IMAGENET_STD
 from train.schedules import budget_cosine, warmup_cosine
 
@@ -68,6 +72,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def seeded_runtime(threads: int, seed: int) -> Iterator[Runtime]:
+    """``setup_runtime`` and ``seed_everything`` (seed + rank) for one run; the process group ends with it."""
+    rt = setup_runtime(threads)
+    try:
+        seed_everything(seed + rt.rank)
+        yield rt
+    finally:
+        teardown_runtime()
+
+
+def load_splits(cfg: FinetuneConfig | PretrainConfig) -> Splits:
+    """All sources of the config, split; ``max_samples`` (tests, smoke runs) truncates each list."""
+    splits = Splits()
+    for spec in cfg.data:
+        splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed), spec))
+    if cfg.max_samples:
+        rng = np.random.default_rng(cfg.seed)
+        for name in ("train", "val", "test"):
+            items = getattr(splits, name)
+            keep = sorted(rng.permutation(len(items))[: cfg.max_samples].tolist())
+            setattr(splits, name, [items[i] for i in keep])
+    return splits
+
+
 def wrap_ddp(model: nn.Module, rt: Runtime, find_unused: bool = False) -> nn.Module:
     """Move to the device; wrap in DDP when more than one process runs.
 
@@ -85,11 +114,23 @@ def channels_last(module: nn.Module) -> None:
     module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
 
 
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet channel mean and std as (1, 3, 1, 1) tensors on ``device``."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, S, S) float in [0, 1] → ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(x.device)
     return (x - mean) / std
+
+
+def unnormalise(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``normalise``, clamped to [0, 1] and contiguous (what the frozen teachers take)."""
+    mean, std = _imagenet_stats(x.device)
+    return (x * std + mean).clamp(0, 1).contiguous()
 
 
 def to_inputs(
@@ -141,9 +182,9 @@ class BudgetedLoop:
 
     Subclasses set ``cfg`` (fields: out, epochs, budget_minutes, max_steps, batch_size, workers, seed,
     checkpoint_minutes, resume, lr, min_lr, warmup_steps), ``rt``, ``net`` (the bare network that is
-    saved), ``model`` (maybe DDP-wrapped), ``optimizer``, ``train_set``, ``sampler``, ``meta`` and
-    ``log_fields``, and implement ``train_step``, ``validate``, ``resolved``; ``heads`` lists extra
-    modules (e.g. a decoder) whose state is checkpointed for resuming.
+    saved), ``model`` (maybe DDP-wrapped), ``optimizer``, ``splits``, ``train_set``, ``sampler``,
+    ``meta`` and ``log_fields``, and implement ``train_step``, ``validate``, ``resolved``; ``heads``
+    lists extra modules (e.g. a decoder) whose state is checkpointed for resuming.
     """
 
     cfg: Any
@@ -151,6 +192,7 @@ class BudgetedLoop:
     net: nn.Module
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    splits: Splits
     train_set: Any
     sampler: Any
     meta: Any
@@ -170,6 +212,13 @@ class BudgetedLoop:
             "elapsed_s": 0.0,
         }
         self.totals: dict[str, float] = {}
+
+    def announce(self, line: str) -> None:
+        """On the main rank, print what each data reader kept and skipped, then ``line``."""
+        if self.rt.main:
+            for r in self.splits.reports:
+                print(r.summary(), flush=True)
+            print(line, flush=True)
 
     def heads(self) -> dict[str, nn.Module]:
         return {}

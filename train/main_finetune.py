@@ -13,7 +13,6 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,16 +20,14 @@ from train.checkpoint import load_checkpoint, make_meta
 from train.config import AugmentConfig, FinetuneConfig, finetune_args, merge_config
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES
-from train.data.sources import Splits, as_train, load_source
 from train.data.splits import WeightedDistributedSampler, balanced_weights
 from train.engine import (
     BudgetedLoop,
     Runtime,
     channels_last,
+    load_splits,
     predict,
-    seed_everything,
-    setup_runtime,
-    teardown_runtime,
+    seeded_runtime,
     to_inputs,
     wrap_ddp,
 )
@@ -53,20 +50,6 @@ LOG_FIELDS = (
     "elapsed_s",
     "samples_per_s",
 )
-
-
-def load_data(cfg: FinetuneConfig) -> Splits:
-    """All sources of the config, split; ``max_samples`` (tests, smoke runs) truncates each list."""
-    splits = Splits()
-    for spec in cfg.data:
-        splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed), spec))
-    if cfg.max_samples:
-        rng = np.random.default_rng(cfg.seed)
-        for name in ("train", "val", "test"):
-            items = getattr(splits, name)
-            keep = sorted(rng.permutation(len(items))[: cfg.max_samples].tolist())
-            setattr(splits, name, [items[i] for i in keep])
-    return splits
 
 
 def _param_groups(model: torch.nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]:
@@ -96,7 +79,7 @@ class Finetuner(BudgetedLoop):
         self.cfg, self.rt = cfg, rt
         self.person, self.scene = cfg.geometries()
         self.prior = load_prior()
-        self.splits = load_data(cfg)
+        self.splits = load_splits(cfg)
         if not self.splits.train:
             raise ValueError(f"no training samples in data sources {cfg.data}")
         self.augment = AugmentConfig(**cfg.augment)
@@ -116,9 +99,10 @@ class Finetuner(BudgetedLoop):
         )
         self.net = build_model(cfg.model, **cfg.model_kwargs)
         channels_last(self.net)
-        if cfg.init:
-            _load_encoder(self.net, cfg.init)
-        self._init_va_head()
+        loaded = _load_encoder(self.net, cfg.init) if cfg.init else set()
+        if "va_head.bias" not in loaded:
+            # A warm start from a fine-tuned checkpoint keeps its learned VA head.
+            self._init_va_head()
         self.model = wrap_ddp(self.net, rt)
         self.optimizer = torch.optim.AdamW(_param_groups(self.net, cfg), lr=cfg.lr)
         self.meta = make_meta(
@@ -175,14 +159,19 @@ class Finetuner(BudgetedLoop):
         }
 
 
-def _load_encoder(model: torch.nn.Module, path: str) -> None:
-    """Initialise from a pretraining checkpoint: take every weight whose name and shape match."""
+def _load_encoder(model: torch.nn.Module, path: str) -> set[str]:
+    """Initialise from a pretraining (or fine-tuned) checkpoint: take every weight whose name and shape match.
+
+    Returns:
+        The names of the parameters and buffers that were loaded.
+    """
     blob = load_checkpoint(path)
     own = model.state_dict()
     take = {k: v for k, v in blob["state_dict"].items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("features.") for k in take):
         raise ValueError(f"--init {path}: no encoder weights match model {blob.get('model')!r}")
     model.load_state_dict(take, strict=False)
+    return set(take)
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
@@ -191,25 +180,17 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
-    rt = setup_runtime(cfg.threads)
-    try:
-        seed_everything(cfg.seed + rt.rank)
+    with seeded_runtime(cfg.threads, cfg.seed) as rt:
         tuner = Finetuner(cfg, rt)
-        if rt.main:
-            for r in tuner.splits.reports:
-                print(r.summary(), flush=True)
-            print(
-                f"train {len(tuner.splits.train)} val {len(tuner.splits.val)} test {len(tuner.splits.test)}; "
-                f"{tuner.steps_per_epoch} steps/epoch",
-                flush=True,
-            )
+        tuner.announce(
+            f"train {len(tuner.splits.train)} val {len(tuner.splits.val)} test {len(tuner.splits.test)}; "
+            f"{tuner.steps_per_epoch} steps/epoch"
+        )
         result = tuner.fit()
         bad = tuner.train_set.bad
         if rt.main and bad:
             print(f"skipped {len(bad)} unusable image(s), e.g. {next(iter(bad.values()))}", flush=True)
         return result
-    finally:
-        teardown_runtime()
 
 
 def main(argv: list[str] | None = None) -> int:

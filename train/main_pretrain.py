@@ -22,20 +22,19 @@ from train.checkpoint import make_meta
 from train.config import TEACHERS, AugmentConfig, PretrainConfig, merge_config, pretrain_args
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES
-from train.data.sources import Splits, as_train, load_source
 from train.data.splits import WeightedDistributedSampler
 from train.engine import (
     BudgetedLoop,
     Runtime,
     channels_last,
-    seed_everything,
-    setup_runtime,
-    teardown_runtime,
+    load_splits,
+    seeded_runtime,
     to_inputs,
+    unnormalise,
     wrap_ddp,
 )
 from train.losses import embedding_loss, masked_patch_mse, similarity_profile_loss
-from train.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from train.models import build_model
 from train.models.pretrain import PATCH, PretrainModel, random_keep_mask
 
 LOG_FIELDS = (
@@ -82,20 +81,10 @@ class Pretrainer(BudgetedLoop):
         self.person, self.scene = cfg.geometries()
         if self.scene.size % 32:
             raise ValueError(f"scene view size {self.scene.size} must be a multiple of 32 for masking")
-        splits = Splits()
-        for spec in cfg.data:
-            splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed), spec))
-        samples = splits.train
-        if cfg.max_samples:
-            samples = [
-                samples[i]
-                for i in sorted(
-                    np.random.default_rng(cfg.seed).permutation(len(samples))[: cfg.max_samples].tolist()
-                )
-            ]
+        self.splits = load_splits(cfg)
+        samples = self.splits.train
         if not samples:
             raise ValueError(f"no pretraining samples in data sources {cfg.data}")
-        self.splits = splits
         self.augment = AugmentConfig(**cfg.augment)
         self.train_set = DualViewDataset(samples, self.person, self.scene, self.augment, seed=cfg.seed)
         self.sampler = WeightedDistributedSampler(
@@ -140,7 +129,7 @@ class Pretrainer(BudgetedLoop):
         l3 = masked_patch_mse(out["pred"], out["target"], out["keep"])
         l1 = l2 = torch.zeros((), device=self.rt.device)
         if self.teacher is not None and self.texts is not None:
-            target = self.teacher(_unnormalise(person), _unnormalise(scene))
+            target = self.teacher(unnormalise(person), unnormalise(scene))
             l2 = embedding_loss(out["student"], target)
             l1 = similarity_profile_loss(out["student"], target, self.texts)
         loss = self.cfg.w_profile * l1 + self.cfg.w_embed * l2 + self.cfg.w_recon * l3
@@ -158,32 +147,16 @@ class Pretrainer(BudgetedLoop):
         return {}
 
 
-def _unnormalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1).contiguous()
-
-
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """The resolved config of ``affectline train pretrain`` (defaults < --config file < flags)."""
     return PretrainConfig(**merge_config(PretrainConfig, args))
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    rt = setup_runtime(cfg.threads)
-    try:
-        seed_everything(cfg.seed + rt.rank)
+    with seeded_runtime(cfg.threads, cfg.seed) as rt:
         loop = Pretrainer(cfg, rt)
-        if rt.main:
-            for r in loop.splits.reports:
-                print(r.summary(), flush=True)
-            print(
-                f"pretraining on {len(loop.train_set)} samples; {loop.steps_per_epoch} steps/epoch",
-                flush=True,
-            )
+        loop.announce(f"pretraining on {len(loop.train_set)} samples; {loop.steps_per_epoch} steps/epoch")
         return loop.fit()
-    finally:
-        teardown_runtime()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from calibration.viewset import ViewSet
-from engines.cli import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, register
+from edge_agent.config import ConfigError
+from engines.cli import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK, _guarded, register
+from engines.errors import EnginesInputError, VerificationError
 
 
 def run(argv: list[str]) -> int:
@@ -149,3 +151,30 @@ def test_build_without_tensorrt_fails_with_exit_1(
     )
     err = capsys.readouterr().err
     assert "TensorRT is not importable" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "exc,code,line",
+    [
+        (EnginesInputError("--opset=9: allowed 17..20"), EXIT_BAD_INPUT, "--opset=9: allowed 17..20"),
+        (ConfigError("c.yaml", ["no such key"]), EXIT_BAD_INPUT, "c.yaml: no such key"),
+        (VerificationError("parity off"), EXIT_FAIL, "parity off"),
+        (OSError("disk full"), EXIT_FAIL, "OSError: disk full"),
+    ],
+)
+def test_guarded_maps_errors_to_one_line_and_code(
+    exc: Exception, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise exc
+
+    assert _guarded(fail)(argparse.Namespace(engines_command="export")) == code
+    assert capsys.readouterr().err == f"engines export: {line}\n"
+
+
+def test_guarded_lets_programming_errors_through() -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        _guarded(fail)(argparse.Namespace(engines_command="export"))

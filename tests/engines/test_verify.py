@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,13 +86,17 @@ def test_samples_cut_for_another_model_are_refused(fp32_onnx: Path, eval_views: 
         verify_model(fp32_onnx, wrong)
 
 
-@pytest.mark.parametrize("name", ["model.tflite", "missing.onnx"])
-def test_open_runner_rejects(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("opener", [open_runner, read_meta])
+@pytest.mark.parametrize(
+    "name,message",
+    [("model.tflite", "suffix '.tflite' not in .onnx, .engine"), ("missing.onnx", "is not a file")],
+)
+def test_model_openers_reject(tmp_path: Path, name: str, message: str, opener: Callable[[Path], Any]) -> None:
     path = tmp_path / name
     if name.endswith(".tflite"):
         path.write_bytes(b"x")
-    with pytest.raises(EnginesInputError, match="not in .onnx|is not a file"):
-        open_runner(path)
+    with pytest.raises(EnginesInputError, match=message):
+        opener(path)
 
 
 def test_reference_missing(tmp_path: Path, int8_onnx: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from train.teachers.offline import TEXT_EMBEDDINGS
 from train.teachers.prior import load_prior
+from train.teachers.torchvision_compat import ensure_torchvision_importable
 
 
 def imagenet_class_names() -> list[str]:
@@ -48,6 +49,8 @@ def minilm_path() -> Path:
 
 def build(out: Path) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # transformers imports torchvision when it is installed (the CLIP teacher's open_clip brings it).
+    ensure_torchvision_importable()
     from sentence_transformers import SentenceTransformer
 
     encoder = SentenceTransformer(str(minilm_path()), device="cpu")

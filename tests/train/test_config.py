@@ -1,0 +1,34 @@
+"""Run-config flags: every numeric flag parses to its config field's type and overrides only that field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+from train.config import FinetuneConfig, PretrainConfig, finetune_args, merge_config, pretrain_args
+
+
+@pytest.mark.parametrize("cls,add_flags", [(FinetuneConfig, finetune_args), (PretrainConfig, pretrain_args)])
+def test_numeric_flags_take_the_field_type(
+    cls: type[FinetuneConfig] | type[PretrainConfig], add_flags: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = argparse.ArgumentParser()
+    add_flags(p)
+    args = p.parse_args(["--epochs", "3", "--lr", "0.01", "--scene-y-shift", "1", "--no-resume"])
+    cfg = cls(**merge_config(cls, args))
+    assert cfg.epochs == 3 and type(cfg.epochs) is int
+    assert cfg.lr == 0.01 and type(cfg.scene_y_shift) is float
+    assert cfg.resume is False
+    assert (
+        dataclasses.replace(cfg, epochs=cls.epochs, lr=cls.lr, scene_y_shift=cls.scene_y_shift, resume=True)
+        == cls()
+    )
+
+
+def test_flags_left_out_keep_the_defaults() -> None:
+    p = argparse.ArgumentParser()
+    pretrain_args(p)
+    assert PretrainConfig(**merge_config(PretrainConfig, p.parse_args([]))) == PretrainConfig()
