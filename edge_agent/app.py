@@ -3,6 +3,10 @@
 `AffectlineApp.start()` reads like a table of contents: open sources, pipeline, publisher and
 outputs, then loop over "latest frame of each camera -> pipeline -> publish/outputs" until the
 sources end, a time limit passes or SIGINT/SIGTERM arrives, then stop everything in reverse.
+
+SIGINT/SIGTERM only set a stop event (`edge_agent.shutdown`); ``affectline run`` installs the
+handlers before it loads anything, and every start-up step checks the event, so a signal during
+model load, broker connect or camera open ends the run cleanly (exit 0) too.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import signal
 import sys
 import threading
 import time
@@ -19,13 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.config import AgentConfig, ConfigError, FileSource, load_config, parse_config
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    FileSource,
+    OnnxRuntimeBackend,
+    load_config,
+    parse_config,
+)
 from edge_agent.infer import ModelLoadError
 from edge_agent.metrics import AgentMetrics, MetricsServer, publisher_samples
 from edge_agent.pipeline import Pipeline
 from edge_agent.preview import ConsoleTable, PreviewWriter, format_table, person_rows
 from edge_agent.publish import Publisher, state_payload
 from edge_agent.samples import SampleError, sample_clip
+from edge_agent.shutdown import restore_handlers, saved_handlers, stop_on_signals
 from edge_agent.sources import Source, open_source
 from edge_agent.structures import CameraStatus, Frame, FrameResult
 
@@ -81,16 +92,23 @@ class LoopStats:
 class AffectlineApp:
     """Sources -> Pipeline -> Publisher and local outputs, with clean start and stop."""
 
-    def __init__(self, cfg: AgentConfig, max_seconds: float = 0):
+    def __init__(self, cfg: AgentConfig, max_seconds: float = 0, stop_event: threading.Event | None = None):
         """Load the model and detector and prepare the publisher (no thread or socket yet).
+
+        Args:
+            cfg: The validated config.
+            max_seconds: Stop after this long (0 = until the sources end or a stop is requested).
+            stop_event: Set to stop; pass the one signal handlers already set (`stop_on_signals`)
+                so a signal during the model load is not lost.
 
         Raises:
             ModelLoadError: the model file is missing, unreadable or does not match the contract.
         """
         self.cfg = cfg
         self.max_seconds = max_seconds
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.stats = LoopStats()
+        log.info("loading model %s and detector %s", _model_name(cfg), cfg.detection.detector.type)
         self.pipeline = Pipeline(cfg)
         meta = self.pipeline.inferencer.meta
         log.info("model %s: classes %s", meta.model_version, ",".join(meta.classes))
@@ -106,15 +124,29 @@ class AffectlineApp:
 
     # ------------------------------------------------------------------ table of contents
     def start(self) -> int:
-        """Run until the sources end, the time limit passes or a signal arrives; returns 0."""
+        """Run until the sources end, the time limit passes or a signal arrives; returns 0.
+
+        A stop requested before or during start-up skips the steps not yet taken (the run loop
+        included); `stop` then closes what did start, so a publisher that got online still says
+        ``stopped``.
+        """
+        saved = saved_handlers()
+        self.install_signal_handlers()
+        steps = (
+            ("the MQTT publisher", self.publisher.start),
+            ("the cameras", self.init_sources),
+            ("the outputs", self.init_outputs),
+            ("the run loop", self.run_loop),
+        )
         try:
-            self.publisher.start()
-            self.init_sources()
-            self.init_outputs()
-            self.install_signal_handlers()
-            self.run_loop()
+            for what, step in steps:
+                if self.stop_event.is_set():
+                    log.info("stop requested during start-up: not starting %s or what follows it", what)
+                    break
+                step()
         finally:
             self.stop()
+            restore_handlers(saved)
         return 0
 
     def init_sources(self) -> None:
@@ -137,9 +169,8 @@ class AffectlineApp:
             self.metrics_server.start()
 
     def install_signal_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: self.stop_event.set())
+        """SIGINT/SIGTERM set `stop_event` (main thread only; `cli_run` did it already, harmless twice)."""
+        stop_on_signals(self.stop_event)
 
     def run_loop(self) -> None:
         next_stats = time.monotonic() + self.cfg.mqtt.stats_s
@@ -221,7 +252,12 @@ class AffectlineApp:
 
     def stats_payload(self) -> dict[str, Any]:
         cams = {name: state_payload(src.status()) for name, src in self.sources.items()}
-        return {**self.stats.as_dict(), "cameras": cams, "mqtt": self.publisher.counters()}
+        return {
+            **self.stats.as_dict(),
+            "pipeline": self.pipeline.counters(),
+            "cameras": cams,
+            "mqtt": self.publisher.counters(),
+        }
 
     def _should_stop(self) -> bool:
         if self.stop_event.is_set():
@@ -229,6 +265,11 @@ class AffectlineApp:
         if self.max_seconds and time.monotonic() - self.stats.started >= self.max_seconds:
             return True
         return bool(self.sources) and all(src.ended for src in self.sources.values())
+
+
+def _model_name(cfg: AgentConfig) -> str:
+    backend = cfg.inference.backend
+    return backend.model if isinstance(backend, OnnxRuntimeBackend) else backend.engine
 
 
 def _apply_overrides(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
@@ -260,7 +301,12 @@ def print_summary(app: AffectlineApp) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    """Entry point of ``affectline run``; returns the exit code."""
+    """Entry point of ``affectline run``; returns the exit code.
+
+    ``args.stop_event``, when `edge_agent.cli.main` set it, is the event its early SIGINT/SIGTERM
+    handlers set (installed before this module and its heavy imports loaded).
+    """
+    stop = getattr(args, "stop_event", None) or stop_on_signals()
     try:
         cfg = load_config(args.config) if args.config else parse_config(DEMO_CONFIG, "built-in demo config")
         cfg = resolve_samples(_apply_overrides(cfg, args))
@@ -273,8 +319,11 @@ def cli_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logging.getLogger().setLevel(cfg.log_level)
+    if stop.is_set():
+        log.info("stop requested before start-up: nothing was started")
+        return 0
     try:
-        app = AffectlineApp(cfg, max_seconds=args.max_seconds)
+        app = AffectlineApp(cfg, max_seconds=args.max_seconds, stop_event=stop)
         code = app.start()
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,19 +3,18 @@
 Every frame of each clip is decoded in the benchmark thread (so decode time counts and no frame
 is dropped) and goes through detect -> track -> infer -> smooth -> publish (to the embedded
 loopback broker). Reported per clip: frames/s, per-stage latency p50/p99, frame-to-output
-latency p50/p99, CPU %, peak RSS and the number of distinct persons. ``--soak MINUTES`` loops a
-clip and samples RSS, open descriptors, threads and fps over time.
+latency p50/p99, CPU %, peak RSS and the number of distinct persons. ``--soak MINUTES`` instead
+runs the real agent (capture threads, publisher, preview) on looping clips and samples RSS, open
+descriptors, threads and fps over time (`edge_agent.soak`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from edge_agent.infer import ModelLoadError
 from edge_agent.pipeline import Pipeline
 from edge_agent.publish import Publisher
 from edge_agent.samples import SampleError, sample_clip
+from edge_agent.shutdown import stop_on_signals
+from edge_agent.soak import soak, soak_cameras, write_reports
 from edge_agent.structures import Frame
 
 DEFAULT_CLIP = "single_face.mp4"
@@ -41,12 +42,15 @@ class Decoded(NamedTuple):
     decode_ms: float
 
 
-def decode(path: str, camera: str, max_frames: int = 0, loop: bool = False) -> Iterator[Decoded]:
+def decode(
+    path: str, camera: str, max_frames: int = 0, loop: bool = False, realtime: bool = False
+) -> Iterator[Decoded]:
     """Decode every frame of a clip.
 
     Frames carry media time (start + position in the clip) as ``t_mono``, so seconds-based
     tracking and smoothing behave as on a live camera at the clip's frame rate, however fast we
-    decode.
+    decode. ``realtime`` also waits for each frame's time, as a live camera delivers frames; what
+    runs on wall-clock time (the detector thread) then sees what it would see live.
     """
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
@@ -55,6 +59,8 @@ def decode(path: str, camera: str, max_frames: int = 0, loop: bool = False) -> I
     t0, index = time.monotonic(), 0
     try:
         while not max_frames or index < max_frames:
+            if realtime:
+                time.sleep(max(0.0, t0 + index * period - time.monotonic()))
             t_start = time.perf_counter()
             ok, image = cap.read()
             if not ok:
@@ -88,15 +94,18 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_clip(pipeline: Pipeline, publisher: Publisher, path: str, max_frames: int = 0) -> dict[str, Any]:
-    """Run one clip through the pipeline and publisher; return its measurements."""
+def bench_clip(
+    pipeline: Pipeline, publisher: Publisher, path: str, max_frames: int = 0, realtime: bool = False
+) -> dict[str, Any]:
+    """Run one clip through the pipeline and publisher (as fast as it goes, or at the clip's rate
+    with ``realtime``); return its measurements."""
     stages: dict[str, list[float]] = defaultdict(list)
     latency: list[float] = []
     persons: set[int] = set()
     camera = camera_name(path)
     wall0, cpu0 = time.perf_counter(), _cpu_s()
     frames = 0
-    for frame, t_start, decode_ms in decode(path, camera, max_frames):
+    for frame, t_start, decode_ms in decode(path, camera, max_frames, realtime=realtime):
         stages["decode"].append(decode_ms)
         result = pipeline.process([frame])[0]
         t0 = time.perf_counter()
@@ -111,6 +120,7 @@ def bench_clip(pipeline: Pipeline, publisher: Publisher, path: str, max_frames: 
     wall = time.perf_counter() - wall0
     return {
         "clip": path,
+        "realtime": realtime,
         "frames": frames,
         "fps": round(frames / wall, 1) if wall else 0.0,
         "stage_ms": {name: _pct(v) for name, v in stages.items()},
@@ -119,53 +129,7 @@ def bench_clip(pipeline: Pipeline, publisher: Publisher, path: str, max_frames: 
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "persons": len(persons),
         "model_calls": pipeline.inferencer.calls,
-    }
-
-
-def _proc_status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def soak(
-    pipeline: Pipeline, publisher: Publisher, path: str, minutes: float, sample_s: float = 10.0
-) -> dict[str, Any]:
-    """Loop a clip for ``minutes``; sample RSS (MB), open fds, threads and fps every ``sample_s``."""
-    samples: list[dict[str, float]] = []
-    deadline = time.monotonic() + minutes * 60
-    next_sample, window = time.monotonic() + sample_s, 0
-    for frame, _, _ in decode(path, "soak", loop=True):
-        publisher.publish(pipeline.process([frame])[0])
-        window += 1
-        now = time.monotonic()
-        if now >= next_sample:
-            samples.append(
-                {
-                    "t_s": round(minutes * 60 - (deadline - now), 1),
-                    "rss_mb": round(_proc_status("VmRSS") / 1024, 1),
-                    "fds": len(os.listdir("/proc/self/fd")),
-                    "threads": threading.active_count(),
-                    "fps": round(window / sample_s, 1),
-                }
-            )
-            next_sample, window = now + sample_s, 0
-        if now >= deadline:
-            break
-    return {"clip": path, "minutes": minutes, "samples": samples, **soak_verdict(samples)}
-
-
-def soak_verdict(samples: list[dict[str, float]]) -> dict[str, Any]:
-    """Growth after warm-up (first sample after the first minute, or the first sample) to the end."""
-    if len(samples) < 2:
-        return {"rss_growth_pct": None, "fd_growth": None, "thread_growth": None}
-    warm = next((s for s in samples if s["t_s"] >= 60), samples[0])
-    last = samples[-1]
-    return {
-        "rss_growth_pct": round(100 * (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"], 2),
-        "fd_growth": int(last["fds"] - warm["fds"]),
-        "thread_growth": int(last["threads"] - warm["threads"]),
+        "pipeline": pipeline.counters(),
     }
 
 
@@ -195,6 +159,8 @@ def cli_bench(args: argparse.Namespace) -> int:
     try:
         cfg = _bench_config(args.config)
         clips = args.clips or [str(sample_clip(DEFAULT_CLIP))]
+        if args.soak:
+            return cli_soak(cfg, clips, args)
         pipeline = Pipeline(cfg)
     except ConfigError as exc:
         print(f"{exc.source}: " + "; ".join(exc.problems), file=sys.stderr)
@@ -202,7 +168,7 @@ def cli_bench(args: argparse.Namespace) -> int:
     except (SampleError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cameras = sorted({camera_name(c) for c in clips} | {"soak"})
+    cameras = sorted({camera_name(c) for c in clips})
     publisher = Publisher(cfg.mqtt, cfg.agent_id, cameras, pipeline.classes)
     publisher.start()
     reports: list[dict[str, Any]] = []
@@ -211,16 +177,30 @@ def cli_bench(args: argparse.Namespace) -> int:
             if not Path(clip).is_file():
                 print(f"error: clip {clip!r} is not a file", file=sys.stderr)
                 return 2
-            if args.soak:
-                report = soak(pipeline, publisher, clip, args.soak)
-                print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
-            else:
-                report = bench_clip(pipeline, publisher, clip, args.frames)
-                print(format_report(report))
+            report = bench_clip(pipeline, publisher, clip, args.frames, args.realtime)
+            print(format_report(report))
             reports.append(report)
     finally:
         publisher.close("stopped")
         pipeline.close()
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2))
+    return 0
+
+
+def cli_soak(cfg: AgentConfig, clips: list[str], args: argparse.Namespace) -> int:
+    """``affectline bench --soak MINUTES``: the agent on looping clips; prints and writes the report."""
+    missing = [c for c in clips if not Path(c).is_file()]
+    if missing:
+        print(f"error: clip {missing[0]!r} is not a file", file=sys.stderr)
+        return 2
+    names = [camera_name(c) for c in clips]
+    if len(set(names)) < len(names):  # the same clip twice: two cameras all the same
+        names = [f"{name}-{i}" for i, name in enumerate(names)]
+    out = Path(args.json) if args.json else None
+    stop = stop_on_signals()  # Ctrl-C ends the soak early; the report is still written
+    report = soak(soak_cameras(cfg, clips, names), args.soak, args.sample_s, out, stop)
+    print(json.dumps({k: v for k, v in report.items() if k != "samples"}))
+    if out is not None:
+        write_reports(out, [report])
     return 0

@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from edge_agent.shutdown import restore_handlers, saved_handlers, stop_on_signals
+
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-seconds", type=float, default=0, help="stop after this long (0 = until the sources end)"
     )
-    p.set_defaults(func=_lazy("edge_agent.app", "cli_run"))
+    # stop_on_signals: SIGINT/SIGTERM set the event main() passes on, even during the imports and
+    # the model load; other commands get the default actions back.
+    p.set_defaults(func=_lazy("edge_agent.app", "cli_run"), stop_on_signals=True)
 
     p = sub.add_parser("watch", help="subscribe to an agent and show a live per-person table")
     p.add_argument("config", nargs="?", help="config file naming the broker (default: localhost:1883)")
@@ -69,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clips", nargs="*", help="video files (default: the demo clip)")
     p.add_argument("--config", help="config file for detector/model settings")
     p.add_argument("--frames", type=int, default=0, help="frames per clip (0 = whole clip)")
+    p.add_argument(
+        "--realtime", action="store_true", help="feed frames at the clip's frame rate, as a live camera does"
+    )
     p.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="soak test on a looping clip")
+    p.add_argument("--sample-s", type=float, default=10.0, help="soak: seconds between samples")
     p.add_argument("--json", help="also write results here")
     p.set_defaults(func=_lazy("edge_agent.bench", "cli_bench"))
 
@@ -83,18 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The embedded broker's state machine logs every transition at INFO.
-    logging.getLogger("transitions").setLevel(logging.WARNING)
+    # First thing: building the parser imports the train/engines CLIs (OpenCV, NumPy; ~0.5 s on a
+    # small box), and `run` must not die from a SIGTERM that comes meanwhile.
+    saved = saved_handlers()
+    early_stop = stop_on_signals()
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        # The embedded broker's state machine logs every transition at INFO.
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+        if getattr(args, "stop_on_signals", False):
+            args.stop_event = early_stop
+        else:  # commands that never look at the event: their signals act as they always did
+            restore_handlers(saved, redeliver=True)
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_FAIL
+    finally:
+        restore_handlers(saved)  # an in-process caller (a test) gets its handlers back
 
 
 if __name__ == "__main__":

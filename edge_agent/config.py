@@ -120,6 +120,9 @@ class Detection(Strict):
     confidence: float = Field(0.5, ge=0, le=1, description="face score threshold")
     min_face_px: int = Field(20, ge=4, le=1024)
     every_k_frames: int = Field(1, ge=1, le=30, description="tracker predicts in between")
+    threaded: bool = Field(
+        False, description="detector on its own thread: a slow body detector stays off the frame path"
+    )
 
 
 # ----------------------------------------------------------------------------- tracking
@@ -140,7 +143,9 @@ class Tracking(Strict):
 # ----------------------------------------------------------------------------- inference
 class OnnxRuntimeBackend(Strict):
     type: Literal["onnxruntime"]
-    model: str = Field("default-int8", description="path, or 'default' / 'default-int8'")
+    model: str = Field(
+        "default-int8-cpu", description="path, or 'default' / 'default-int8' / 'default-int8-cpu'"
+    )
     threads: int = Field(1, ge=1, le=64)
 
 

@@ -24,6 +24,10 @@ graph):
   layout of OpenCV/TF/OpenVINO SSD exports). Rows with ``class_id == person_class_id`` and
   ``score >= person_confidence`` are people; non-maximum suppression is the model's job.
 
+With ``detection.threaded: true`` the pipeline runs the detector through `ThreadedDetector`, on a
+thread of its own: frames never wait for it, the tracker predicts until its result arrives and
+frames it could not take are counted (``detector_replaced``).
+
 Every detector returns `Detections` with person ``xyxy`` clipped to the frame (never NaN),
 ``confidence`` (face score for ``blazeface``, body score otherwise), ``face_xyxy`` (NaN rows
 without a face) and ``data["face_score"]`` (0 where there is no face).
@@ -32,8 +36,12 @@ without a face) and ``data["face_score"]`` (0 where there is no face).
 from __future__ import annotations
 
 import importlib.util
+import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,8 @@ import numpy as np
 from edge_agent.config import Detection, OnnxBodyDetector, SsdBodyDetector
 from edge_agent.structures import Detections, Frame
 from edge_agent.views import person_box_from_face
+
+log = logging.getLogger(__name__)
 
 _SSD_INPUT = 300  # SSD-MobileNetV2 COCO was trained at 300 x 300
 _COCO_PERSON = 1
@@ -95,6 +105,7 @@ class BlazeFace:
         if model not in selection:
             raise ValueError(f"BlazeFace model={model!r} not in {sorted(selection)}")
         self.min_face_px = min_face_px
+        self._closed = False
         self._net = mp.solutions.face_detection.FaceDetection(
             model_selection=selection[model], min_detection_confidence=confidence
         )
@@ -123,7 +134,10 @@ class BlazeFace:
         return boxes[ok][order], scores[ok][order]
 
     def close(self) -> None:
-        self._net.close()
+        """Release the graph; closing twice is harmless (shutdown paths may overlap)."""
+        if not self._closed:
+            self._closed = True
+            self._net.close()
 
 
 class FaceDetector(Detector):
@@ -285,3 +299,103 @@ def build_detector(cfg: Detection) -> Detector:
     if kind.type == "blazeface":
         return FaceDetector(BlazeFace(kind.model, cfg.confidence, cfg.min_face_px))
     return BodyDetector(_BODIES[kind.type](kind), BlazeFace("full_range", cfg.confidence, cfg.min_face_px))
+
+
+@dataclass(frozen=True)
+class DetectorResult:
+    """What the detector thread found in one frame.
+
+    Attributes:
+        camera: The frame's camera.
+        frame_index: The frame's index; the result is applied to a later frame of that camera.
+        t_mono: The frame's time, so the caller can see how old the result is.
+        detections: The people found, in pixels of that frame.
+        ms: How long the detector took.
+    """
+
+    camera: str
+    frame_index: int
+    t_mono: float
+    detections: Detections
+    ms: float
+
+
+class ThreadedDetector:
+    """Runs a detector on its own thread so that a slow model never holds up the frame path.
+
+    A body detector takes ~80 ms per frame on this project's 2-core CPU, more than the 50 ms a frame
+    may spend from capture to output. Here ``submit`` hands a frame over and returns at once, and
+    ``collect`` returns the newest finished result of a camera (once). The tracker predicts in
+    between and matches the result against a later frame, so boxes are up to one detector latency
+    old: at walking speed and 25 frames/s that is a few pixels, well inside the tracker's IoU gate.
+    A frame still waiting when a newer one of the same camera arrives is replaced (the newest wins)
+    and counted in ``replaced``; cameras take turns in the order they first waited.
+    """
+
+    def __init__(self, detector: Detector, join_timeout_s: float = 5.0):
+        self._detector = detector
+        self._join_timeout_s = join_timeout_s
+        self._cv = threading.Condition()
+        self._waiting: dict[str, Frame] = {}
+        self._done: dict[str, DetectorResult] = {}
+        self._closing = False
+        self.replaced = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._work, name="detector", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: Frame) -> None:
+        """Queue ``frame`` for detection, replacing a frame of the same camera that still waits."""
+        with self._cv:
+            if frame.camera in self._waiting:
+                self.replaced += 1
+            self._waiting[frame.camera] = frame
+            self._cv.notify()
+
+    def collect(self, camera: str) -> DetectorResult | None:
+        """The newest result for ``camera`` not collected yet, or None."""
+        with self._cv:
+            return self._done.pop(camera, None)
+
+    def _next_frame(self) -> Frame | None:
+        with self._cv:
+            while not self._waiting and not self._closing:
+                self._cv.wait()
+            if self._closing:
+                return None
+            return self._waiting.pop(next(iter(self._waiting)))
+
+    def _work(self) -> None:
+        while (frame := self._next_frame()) is not None:
+            t0 = time.perf_counter()
+            try:
+                detections = self._detector.detect(frame)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop detection for all cameras
+                self.errors += 1
+                log.warning(
+                    "detector failed on %s frame %d (error %d): %s",
+                    frame.camera,
+                    frame.index,
+                    self.errors,
+                    exc,
+                )
+                continue
+            ms = (time.perf_counter() - t0) * 1000.0
+            with self._cv:
+                self._done[frame.camera] = DetectorResult(
+                    frame.camera, frame.index, frame.t_mono, detections, ms
+                )
+
+    def close(self) -> None:
+        """Stop the thread after its current frame, then release the detector."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(self._join_timeout_s)
+        if self._thread.is_alive():
+            # Releasing a model that is still running would crash the process; leave it to exit.
+            log.warning(
+                "detector thread still busy after %.1f s; not releasing its model", self._join_timeout_s
+            )
+            return
+        self._detector.close()

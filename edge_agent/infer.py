@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 BUILTIN_MODELS = {
     "default": MODELS_DIR / "affectline-default.onnx",
+    # Portable Q/DQ: signed activations, the source for TensorRT engines; slower than FP32 on x86.
     "default-int8": MODELS_DIR / "affectline-default-int8.onnx",
+    # Unsigned activations with zero points: ONNX Runtime fuses it fully, the fastest on CPU.
+    "default-int8-cpu": MODELS_DIR / "affectline-default-int8-cpu.onnx",
 }
 
 
@@ -59,7 +62,7 @@ class Backend(Protocol):
 
 
 def resolve_model_path(model: str) -> Path:
-    """Map ``default`` / ``default-int8`` to the shipped files; other values are paths."""
+    """Map the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
     path = BUILTIN_MODELS.get(model, Path(model)).expanduser()
     if not path.is_file():
         hint = " (the shipped default model is missing from this install)" if model in BUILTIN_MODELS else ""
@@ -143,8 +146,7 @@ class TrtBackend:
     """TensorRT engine built by ``affectline engines build`` on this device."""
 
     def __init__(self, cfg: TensorRTBackend):
-        from engines.errors import EnginesInputError
-        from engines.errors import EngineMismatchError, TensorRTUnavailable
+        from engines.errors import EngineMismatchError, EnginesInputError, TensorRTUnavailable
         from engines.trt_runtime import TrtEngine
 
         try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from edge_agent.config import AgentConfig
-from edge_agent.detect import Detector, build_detector
+from edge_agent.detect import Detector, ThreadedDetector, build_detector
 from edge_agent.infer import Backend, EmotionInferencer, build_backend
 from edge_agent.smooth import Smoother
 from edge_agent.structures import Detections, Frame, FrameResult
@@ -29,6 +29,7 @@ class Pipeline:
     def __init__(self, cfg: AgentConfig, backend: Backend | None = None, detector: Detector | None = None):
         self.cfg = cfg
         self.detector = detector or build_detector(cfg.detection)
+        self.detector_thread = ThreadedDetector(self.detector) if cfg.detection.threaded else None
         self.inferencer = EmotionInferencer(backend or build_backend(cfg.inference), cfg.inference)
         self.trackers: dict[str, Tracker] = {}
         self.smoothers: dict[str, Smoother] = {}
@@ -36,6 +37,15 @@ class Pipeline:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.inferencer.classes
+
+    def counters(self) -> dict[str, int]:
+        """Things the pipeline skipped and kept going: model results with NaN, detector failures and
+        frames the detector thread never saw because a newer one replaced them."""
+        out = {"model_nonfinite": self.inferencer.nonfinite}
+        if self.detector_thread is not None:
+            out["detector_errors"] = self.detector_thread.errors
+            out["detector_replaced"] = self.detector_thread.replaced
+        return out
 
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
         """Run every stage on the given frames (at most one per camera)."""
@@ -47,11 +57,7 @@ class Pipeline:
 
     def _detect_and_track(self, frame: Frame) -> FrameResult:
         stage_ms: dict[str, float] = {}
-        detections: Detections | None = None
-        if frame.index % self.cfg.detection.every_k_frames == 0:
-            t0 = time.perf_counter()
-            detections = self.detector.detect(frame)
-            stage_ms["detect"] = _ms(t0)
+        detections = self._detect(frame, stage_ms)
         tracker = self.trackers.setdefault(frame.camera, Tracker(self.cfg.tracking))
         t0 = time.perf_counter()
         tracked = tracker.update(detections, frame.t_mono)
@@ -59,6 +65,26 @@ class Pipeline:
         ended = tuple(tracker.ended)
         self.inferencer.forget(frame.camera, ended)
         return FrameResult(frame, tracked, self.classes, ended, stage_ms)
+
+    def _detect(self, frame: Frame, stage_ms: dict[str, float]) -> Detections | None:
+        """Detections to give the tracker with ``frame``, or None (it predicts); records the time taken."""
+        due = frame.index % self.cfg.detection.every_k_frames == 0
+        if self.detector_thread is None:
+            if not due:
+                return None
+            t0 = time.perf_counter()
+            detections = self.detector.detect(frame)
+            stage_ms["detect"] = _ms(t0)
+            return detections
+        if due:
+            self.detector_thread.submit(frame)
+        done = self.detector_thread.collect(frame.camera)
+        if done is None:
+            return None
+        # The detector's own time, off the frame path; the age says how stale the boxes are.
+        stage_ms["detect"] = done.ms
+        stage_ms["detect_age"] = (frame.t_mono - done.t_mono) * 1000.0
+        return done.detections
 
     def _smooth(self, result: FrameResult, infer_ms: float) -> FrameResult:
         smoother = self.smoothers.setdefault(
@@ -75,4 +101,7 @@ class Pipeline:
         for smoother in self.smoothers.values():
             smoother.close()
         self.inferencer.close()
-        self.detector.close()
+        if self.detector_thread is not None:
+            self.detector_thread.close()  # closes the detector too
+        else:
+            self.detector.close()

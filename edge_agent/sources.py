@@ -7,7 +7,11 @@ Supported ``source.type`` values (how each is opened is one entry of ``_OPENERS`
   ``fps_cap`` paces reading. ``realtime: true`` paces reading at the file's fps and then behaves like
   a camera (latest frame wins, ``fps_cap`` skips frames).
 - ``rtsp``: FFmpeg over TCP (``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` unless the user
-  set that variable) with open and read timeouts.
+  set that variable) with open and read timeouts. An open returns after FFmpeg has probed about 28
+  frames (1.2 s at 25 fps, 2.8 s at 10 fps). The pinned opencv-python 4.11.0.86 Linux wheel ignores
+  the *contents* of that variable (opencv/opencv#27091; any value only forces TCP), so FFmpeg
+  options such as ``analyzeduration`` cannot shorten it there (they do with 4.12.0.88, which needs
+  numpy 2 and so conflicts with mediapipe; see docs/reliability.md, Known limits).
 - ``usb``: a V4L2 device index (any backend off Linux), optional requested width/height.
 - ``gstreamer``: a pipeline string ending in ``appsink``; needs an OpenCV built with GStreamer (the
   pip wheels are not; JetPack's is). Jetson example:

@@ -17,8 +17,10 @@ if ! command -v mosquitto >/dev/null || ! command -v mosquitto_passwd >/dev/null
         $SUDO systemctl stop mosquitto || true
     fi
 fi
-RTSP_PACKAGES="python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
-if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null; then
+# ffmpeg (with libx264) re-encodes the served clip once at an IP camera's frame rate (tests/rtsp_server.py).
+RTSP_PACKAGES="python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg"
+if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
+    || ! command -v ffmpeg >/dev/null; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq

@@ -4,6 +4,12 @@ Serves an H.264 clip without re-encoding (``qtdemux ! h264parse ! rtph264pay``),
 time by the server, at ``rtsp://[USER:PASS@]127.0.0.1:PORT/cam``. Every client gets its own
 pipeline that starts at the beginning of the clip. Prints ``ready`` on stdout once listening.
 
+`camera_clip` prepares what the tests serve: a sample clip re-encoded once (system ``ffmpeg``)
+the way IP cameras stream. The frame rate matters: FFmpeg (OpenCV's backend) returns from opening
+an H.264 RTSP stream only after about 28 frames (it estimates the frame rate from 20 frame
+durations, H.264 time bases being "unreliable" to it, after guessing the decoder delay), so the
+10 fps sample clip as it is would make every open last 2.8 s, where a 25 fps camera opens in 1.2 s.
+
 It runs under the *system* Python (``/usr/bin/python3``), which has PyGObject and the GStreamer
 typelibs from Debian (``python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good
 gstreamer1.0-plugins-bad``, installed by ``scripts/install-mosquitto.sh``); the tests start it as a
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +34,10 @@ from typing import Any
 MOUNT = "/cam"
 SYSTEM_PYTHON = "/usr/bin/python3"
 # What the server needs from Debian; the tests skip with this hint when it is missing.
-PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
+PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg"
+# IP camera main streams run at 25-30 fps with a keyframe every 1-2 s and mostly without B-frames.
+CAMERA_FPS = 25
+CAMERA_SECONDS = 60.0  # each client starts at the beginning; no test keeps one session longer
 
 
 def unavailable() -> str | None:
@@ -41,7 +51,43 @@ def unavailable() -> str | None:
     )
     if probe.returncode != 0:
         return f"GStreamer RTSP server not importable by {SYSTEM_PYTHON} (apt-get install {PACKAGES})"
+    ffmpeg = shutil.which("ffmpeg")
+    encoders = (
+        subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True)
+        if ffmpeg
+        else None
+    )
+    if encoders is None or "libx264" not in encoders.stdout:
+        return (
+            f"ffmpeg with libx264 not found, needed to prepare the served clip (apt-get install {PACKAGES})"
+        )
     return None
+
+
+def camera_clip(src: Path, cache: Path, fps: int = CAMERA_FPS, seconds: float = CAMERA_SECONDS) -> Path:
+    """``src`` re-encoded as an IP camera streams it, made once and kept in ``cache``.
+
+    ``fps`` frames/s (frames repeated as needed), a keyframe every second, no B-frames (H.264
+    baseline profile), the first ``seconds`` only.
+
+    Raises:
+        subprocess.CalledProcessError: ffmpeg failed (its stderr is in the exception).
+    """
+    out = cache / f"{src.stem}-{fps}fps-{seconds:g}s.mp4"
+    if out.exists():
+        return out
+    part = out.with_name(out.stem + ".part.mp4")
+    gop = ["-g", str(fps), "-keyint_min", str(fps), "-sc_threshold", "0", "-bf", "0"]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-t", f"{seconds:g}", "-i", str(src), "-an", "-vf", f"fps={fps}"]
+        + ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline", *gop, "-pix_fmt", "yuv420p"]
+        + [str(part)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    part.replace(out)  # whole or absent: an interrupted run leaves only the .part file
+    return out
 
 
 @dataclass

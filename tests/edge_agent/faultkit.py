@@ -1,7 +1,8 @@
 """Shared helpers of the fault-injection, load and security tests (issue 6).
 
 - `SLOW`: marks a test ``slow`` and skips it unless ``AFFECTLINE_SLOW=1`` (long outages, soaks).
-- `rtsp_server`: a real GStreamer RTSP server on loopback serving a real clip (`tests/rtsp_server.py`).
+- `rtsp_server`: a real GStreamer RTSP server on loopback serving a real clip as an IP camera
+  streams it (25 fps, keyframe every second; `tests/rtsp_server.py`).
 - `start_agent` / `finish`: ``affectline run`` as a subprocess with stdout and stderr captured
   together (the tests read the whole log).
 - `states` / `seqs`: what a subscriber saw, per topic.
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.edge_agent.conftest import Received, free_port
-from tests.rtsp_server import RtspServer, unavailable
+from tests.rtsp_server import RtspServer, camera_clip, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_ENV = "AFFECTLINE_SLOW"
@@ -37,15 +38,25 @@ def env_float(name: str, default: float) -> float:
 
 
 @pytest.fixture
-def rtsp_server(one_by_one_clip: Path) -> Iterator[Callable[..., RtspServer]]:
-    """``make(user=None, password=None) -> RtspServer``, started, serving a 139 s clip; stopped after."""
+def rtsp_server(
+    one_by_one_clip: Path, pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., RtspServer]]:
+    """``make(user=None, password=None) -> RtspServer``, started; stopped after.
+
+    Serves the first 60 s of ``one-by-one-person-detection.mp4`` re-encoded at 25 fps (made once,
+    kept in pytest's cache directory, or in the session's temporary directory when the cache
+    plugin is off): the 10 fps original would make every RTSP open 2.8 s.
+    """
     why = unavailable()
     if why:
         pytest.skip(why)
+    cache = getattr(pytestconfig, "cache", None)
+    folder = cache.mkdir("rtsp-camera-clips") if cache else tmp_path_factory.mktemp("rtsp-camera-clips")
+    clip = camera_clip(one_by_one_clip, folder)
     servers: list[RtspServer] = []
 
     def make(user: str | None = None, password: str | None = None) -> RtspServer:
-        server = RtspServer(free_port(), one_by_one_clip, user, password)
+        server = RtspServer(free_port(), clip, user, password)
         servers.append(server)
         server.start()
         return server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_agent.config import Detection
-from edge_agent.detect import Detector, build_detector, clip_boxes
+from edge_agent.detect import Detector, DetectorResult, ThreadedDetector, build_detector, clip_boxes
 from edge_agent.structures import Detections, Frame
 
 # Frames of one-by-one-person-detection.mp4 (everyone walks away from the camera: no face visible).
@@ -261,3 +263,76 @@ def test_missing_model_files_are_named(
 ) -> None:
     with pytest.raises(error, match=message):
         build_detector(detection(**detector))
+
+
+# ----------------------------------------------------------------------------- detector thread
+def wait_for(thread: ThreadedDetector, camera: str, index: int, timeout_s: float = 20.0) -> DetectorResult:
+    """Collect results of ``camera`` until the one for frame ``index`` arrives."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = thread.collect(camera)
+        if done is not None and done.frame_index == index:
+            return done
+        time.sleep(0.005)
+    raise AssertionError(f"no result for {camera} frame {index} within {timeout_s} s")
+
+
+def test_detector_thread_gives_what_the_detector_gives(face_frames: list[Frame]) -> None:
+    inline = build_detector(Detection())
+    thread = ThreadedDetector(build_detector(Detection()))
+    try:
+        for frame in face_frames[:3]:
+            thread.submit(frame)
+            done = wait_for(thread, frame.camera, frame.index)
+            want = inline.detect(frame)
+            np.testing.assert_allclose(done.detections.xyxy, want.xyxy, atol=1e-3)
+            assert done.t_mono == frame.t_mono and done.ms > 0
+        assert thread.collect("cam") is None  # each result is handed out once
+    finally:
+        thread.close()
+        inline.close()
+
+
+def test_detector_thread_newest_frame_wins_and_replacements_are_counted(one_by_one_clip: Path) -> None:
+    frames = read_frames(one_by_one_clip, PEOPLE_FRAMES)
+    thread = ThreadedDetector(build_detector(detection(type="ssd_mobilenet")))
+    try:
+        for frame in frames:  # far faster than the ~80 ms SSD: the worker takes at most the first
+            thread.submit(frame)
+        done = wait_for(thread, "cam", frames[-1].index)
+        assert len(done.detections) >= 1
+        assert thread.replaced >= len(frames) - 2
+        assert thread.errors == 0
+    finally:
+        thread.close()
+
+
+def test_detector_thread_serves_cameras_in_turn(face_frames: list[Frame]) -> None:
+    thread = ThreadedDetector(build_detector(Detection()))
+    try:
+        for camera in ("a", "b", "c"):
+            thread.submit(dataclasses.replace(face_frames[0], camera=camera))
+        for camera in ("a", "b", "c"):
+            assert len(wait_for(thread, camera, face_frames[0].index).detections) == 1
+        assert thread.replaced == 0
+    finally:
+        thread.close()
+
+
+def test_detector_thread_counts_failures_and_keeps_going(face_frames: list[Frame]) -> None:
+    broken = build_detector(Detection())
+    broken.close()  # a released MediaPipe graph raises on use: a real failure, not a stand-in
+    thread = ThreadedDetector(broken)
+    try:
+        thread.submit(face_frames[0])
+        deadline = time.monotonic() + 10
+        while thread.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert thread.errors == 1
+        assert thread.collect("cam") is None
+        thread.submit(face_frames[1])
+        while thread.errors == 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert thread.errors == 2  # the thread survived the first failure
+    finally:
+        thread.close()  # closes the detector a second time, which must be harmless

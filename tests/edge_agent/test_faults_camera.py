@@ -1,9 +1,10 @@
 """Camera faults with real components: a real RTSP server on loopback, real damaged files, the real agent.
 
-The RTSP server (`tests/rtsp_server.py`) serves ``one-by-one-person-detection.mp4`` (139 s, 10 fps)
-in real time. Faults: the server is killed and restarted on the same port (``AFFECTLINE_RTSP_OUTAGE_S``,
-default 10 s), the server is frozen with SIGSTOP (socket open, no frames) and damaged files of
-every kind go through the whole agent.
+The RTSP server (`tests/rtsp_server.py`) serves ``one-by-one-person-detection.mp4`` in real time,
+re-encoded as an IP camera streams it (25 fps, a keyframe every second). Faults: the server is
+killed and restarted on the same port (``AFFECTLINE_RTSP_OUTAGE_S``, default 10 s), the server is
+frozen with SIGSTOP (socket open, no frames) and damaged files of every kind go through the whole
+agent.
 """
 
 from __future__ import annotations
@@ -120,9 +121,10 @@ def test_rtsp_killed_and_restarted_reconnects_and_other_camera_never_stalls(
     assert {"reconnecting", "offline"} & set(went_down) and after_kill[-2].state == "online"
     assert all("rtsp://127.0.0.1" in s.detail for _, s in timeline.reports if s.state != "stopped")
     reconnect_s = t_back - t_restart  # type: ignore[operator]
-    # The restart is noticed by the next retry (at most max_backoff_s away); the reopen then takes as
-    # long as the first open did (2.8 s here, see docs/reliability.md), plus 2 s of slack.
-    assert reconnect_s <= BACKOFF["max_backoff_s"] + open_s + 2.0, (reconnect_s, open_s)
+    # Issue 6's target: the restart is noticed by the next retry (at most max_backoff_s away) and the
+    # reopen fits in 2 s. An H.264 RTSP open costs FFmpeg ~28 frames: 1.2 s at this stream's 25 fps
+    # (2.8 s at 10 fps; see docs/reliability.md, Known limits).
+    assert reconnect_s <= BACKOFF["max_backoff_s"] + 2.0, (reconnect_s, open_s)
     assert other_gap < 1.0, other_gap  # 30 fps file: any stall over a second is a stall
     print(
         f"first open {open_s:.2f} s, back online {reconnect_s:.2f} s after restart, "

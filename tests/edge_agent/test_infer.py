@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
 
 from edge_agent.config import Inference, OnnxRuntimeBackend
-from edge_agent.infer import EmotionInferencer, ModelLoadError, OrtBackend, Preprocessor, softmax
+from edge_agent.detect import BlazeFace
+from edge_agent.infer import (
+    BUILTIN_MODELS,
+    EmotionInferencer,
+    ModelLoadError,
+    OrtBackend,
+    Preprocessor,
+    softmax,
+)
 from edge_agent.structures import Detections, Frame, FrameResult
 from tests.model_factory import CLASSES, make_tiny_model, tiny_meta
 
@@ -159,3 +170,41 @@ def test_ended_tracks_are_forgotten(tiny: Path) -> None:
 def test_softmax_is_stable() -> None:
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
     assert np.allclose(p, [[1, 0], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_shipped_model_matches_its_sidecar_and_the_fp32_contract(name: str) -> None:
+    """Every built-in name resolves to a file whose sha256 is the one its build sidecar recorded,
+    and which carries the FP32 model's classes and views (an INT8 file cut differently would
+    silently change what the agent computes)."""
+    path = BUILTIN_MODELS[name]
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in this install")
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    ref = backend(BUILTIN_MODELS["default"]).meta
+    meta = backend(path).meta
+    assert meta.classes == ref.classes and meta.inputs == ref.inputs
+
+
+@pytest.mark.parametrize("name", ["default-int8", "default-int8-cpu"])
+def test_shipped_int8_models_agree_with_fp32_on_real_faces(name: str, single_face_clip: Path) -> None:
+    """Top-1 of each INT8 file equals FP32's on most faces BlazeFace finds in a real clip."""
+    faces = BlazeFace("full_range", 0.5, 20)
+    cap = cv2.VideoCapture(str(single_face_clip))
+    fp32 = backend(BUILTIN_MODELS["default"])
+    int8 = backend(BUILTIN_MODELS[name])
+    pre = Preprocessor(fp32.meta)
+    views: dict[str, list[np.ndarray]] = {s.name: [] for s in fp32.meta.inputs}
+    for _ in range(0, 72, 3):
+        frame = cap.read()[1]
+        cap.grab(), cap.grab()
+        boxes, _ = faces.find(frame)
+        for k, v in pre.views(frame, boxes[:1]).items():
+            views[k].append(pre.normalise(k, v))
+    cap.release()
+    faces.close()
+    batch = {k: np.concatenate(v) for k, v in views.items()}
+    assert len(batch[fp32.meta.inputs[0].name]) >= 20  # the face is visible in nearly every frame
+    agree = (fp32.run(batch)[0].argmax(1) == int8.run(batch)[0].argmax(1)).mean()
+    assert agree >= 0.75, f"{name}: top-1 agreement with FP32 {agree:.2f}"

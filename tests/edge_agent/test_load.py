@@ -4,8 +4,10 @@ Overload is the point: 8 real-time cameras (~220 frames/s offered) are far more 
 can detect faces in, so the sources must drop the oldest frames (bounded queues), count every
 drop, and keep frame-to-output latency flat instead of growing with the backlog.
 
-``AFFECTLINE_LOAD_S`` (default 20) sets the load run, ``AFFECTLINE_SOAK_MINUTES`` (default 2) the
-soak; docs/reliability.md records longer runs and their commands.
+The soak runs the real agent (capture thread on a looping clip at its real rate, the shipped
+``default-int8`` model, publisher to a real mosquitto, preview writer) and watches RSS, descriptors
+and threads. ``AFFECTLINE_LOAD_S`` (default 20) sets the load run, ``AFFECTLINE_SOAK_MINUTES``
+(default 2) the soak; docs/reliability.md records longer runs and their commands.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from edge_agent.app import AffectlineApp
 from edge_agent.config import load_config
 from tests.edge_agent.conftest import Mosquitto
 from tests.edge_agent.faultkit import ROOT, env_float
-from tests.edge_agent.test_app import write_config
+from tests.edge_agent.test_app import frames_in, write_config
 
 LOAD_S = env_float("AFFECTLINE_LOAD_S", 20.0)
 SOAK_MINUTES = env_float("AFFECTLINE_SOAK_MINUTES", 2.0)
@@ -102,6 +104,9 @@ def test_soak_records_resources_and_does_not_grow(
     cfg = write_config(
         tmp_path, mosquitto.port, [{"name": "soak", "source": {"type": "file", "path": "unused"}}]
     )
+    data = yaml.safe_load(cfg.read_text())
+    data["inference"]["backend"]["model"] = "default-int8"  # the shipped model, not the tiny test one
+    cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "soak.json"
     cmd = [sys.executable, "-m", "edge_agent.cli", "bench", str(single_face_clip), "--config", str(cfg)]
     proc = subprocess.run(
@@ -117,5 +122,11 @@ def test_soak_records_resources_and_does_not_grow(
     print("\n" + json.dumps({k: v for k, v in report.items() if k != "samples"}))
     assert len(samples) >= SOAK_MINUTES * 6 - 1  # one sample per 10 s
     assert all(s["fps"] > 0 for s in samples)
+    assert report["model_config"] == "default-int8" and report["loop_errors"] == 0
+    camera = report["cameras"]["single_face"]  # the capture thread looped the 72-frame clip
+    assert camera["frames"] > 72 and camera["errors"] == 0 and camera["reconnects"] == 0
+    assert report["mqtt"]["persons_sent"] > 0 and report["mqtt"]["summary_sent"] > 0
+    assert frames_in(tmp_path / "single_face.mp4") > 0  # the preview writer ran and was finalised
     assert report["rss_growth_pct"] < 5.0
     assert report["fd_growth"] <= 0 and report["thread_growth"] <= 0
+    assert report["ok"]
