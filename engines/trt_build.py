@@ -116,6 +116,29 @@ def _fp32_source(qdq_onnx: Path, fp32_onnx: str | Path | None) -> Path | None:
     return path if path.is_file() else None
 
 
+def refuse_non_trt_qdq(onnx_path: Path) -> None:
+    """Refuse, before TensorRT is touched, a Q/DQ model TensorRT cannot take (the ONNX Runtime-only
+    ``--target cpu`` file: unsigned activations with zero points). TensorRT would fail deep in the
+    parser with a message about one node; this names the file and the way out.
+
+    Raises:
+        EnginesInputError: the model has Q/DQ nodes TensorRT rejects.
+    """
+    import onnx
+
+    from engines.quantize import check_trt_qdq
+
+    if not inspect_onnx(onnx_path)[0].has_qdq:
+        return
+    problems = check_trt_qdq(onnx.load(str(onnx_path), load_external_data=False))
+    if problems:
+        raise EnginesInputError(
+            f"{onnx_path}: its Q/DQ nodes are for ONNX Runtime, not TensorRT ({len(problems)} problems, "
+            f"first: {problems[0]}). Build from the portable INT8 file (`default-int8`, or `affectline "
+            "engines quantize` without --target cpu), or from the FP32 ONNX for fp16/fp32"
+        )
+
+
 def build_engine(
     onnx_path: str | Path,
     out: str | Path,
@@ -161,6 +184,7 @@ def build_engine(
         )
     if not onnx_path.is_file():
         raise EnginesInputError(f"ONNX {str(onnx_path)!r} is not a file")
+    refuse_non_trt_qdq(onnx_path)
     trt = import_tensorrt()
     cudart = import_cudart()
     call(cudart, cudart.cudaSetDevice(device))

@@ -53,6 +53,19 @@ def test_missing_onnx(tmp_path: Path) -> None:
         build_engine(tmp_path / "none.onnx", tmp_path / "m.engine")
 
 
+def test_refuses_the_onnx_runtime_only_int8_file_before_tensorrt(tmp_path: Path) -> None:
+    """The shipped CPU INT8 file has unsigned Q/DQ with zero points: named and refused up front,
+    with the way out, on any machine (TensorRT installed or not)."""
+    from edge_agent.infer import BUILTIN_MODELS
+
+    cpu = BUILTIN_MODELS["default-int8-cpu"]
+    if not cpu.is_file():
+        pytest.skip("default-int8-cpu is not in this install")
+    with pytest.raises(EnginesInputError, match=r"for ONNX Runtime, not TensorRT .*default-int8`"):
+        build_engine(cpu, tmp_path / "m.engine")
+    assert not (tmp_path / "m.engine").exists()
+
+
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; this checks the message where it is not")
 def test_without_tensorrt_says_how_to_get_it(int8_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(TensorRTUnavailable, match="JetPack"):
