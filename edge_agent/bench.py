@@ -38,7 +38,7 @@ DEFAULT_CLIP = "single_face.mp4"
 
 class Decoded(NamedTuple):
     frame: Frame
-    t_start: float  # perf_counter() before decoding: start of the frame-to-output latency
+    t_start: float  # perf_counter() of arrival (before decoding, or the scheduled time in real time)
     decode_ms: float
 
 
@@ -56,12 +56,16 @@ def decode(
     if not cap.isOpened():
         raise OSError(f"cannot open video {path!r}")
     period = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
-    t0, index = time.monotonic(), 0
+    t0, p0, index = time.monotonic(), time.perf_counter(), 0
     try:
         while not max_frames or index < max_frames:
-            if realtime:
-                time.sleep(max(0.0, t0 + index * period - time.monotonic()))
             t_start = time.perf_counter()
+            if realtime:
+                # Latency counts from the frame's scheduled arrival: when the pipeline falls
+                # behind, the time the frame waited for it is part of its latency, as live.
+                t_start = p0 + index * period
+                time.sleep(max(0.0, t_start - time.perf_counter()))
+            decode_start = time.perf_counter()
             ok, image = cap.read()
             if not ok:
                 if loop and index:
@@ -69,7 +73,7 @@ def decode(
                     continue
                 return
             frame = Frame(camera, image, index, t0 + index * period, time.time())
-            yield Decoded(frame, t_start, (time.perf_counter() - t_start) * 1000)
+            yield Decoded(frame, t_start, (time.perf_counter() - decode_start) * 1000)
             index += 1
     finally:
         cap.release()
@@ -154,8 +158,26 @@ def format_report(r: dict[str, Any]) -> str:
     )
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the bench arguments, checked before anything runs (a soak of an hour
+    must not end in an unwritable report)."""
+    if args.soak < 0:
+        return f"--soak={args.soak}: minutes must be >= 0 (0 = no soak)"
+    if args.soak and args.sample_s <= 0:
+        return f"--sample-s={args.sample_s}: must be > 0"
+    if args.frames < 0:
+        return f"--frames={args.frames}: must be >= 0 (0 = whole clip)"
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        return f"--json={args.json}: folder {str(Path(args.json).resolve().parent)!r} does not exist"
+    return None
+
+
 def cli_bench(args: argparse.Namespace) -> int:
     """Entry point of ``affectline bench``."""
+    problem = _argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = _bench_config(args.config)
         clips = args.clips or [str(sample_clip(DEFAULT_CLIP))]

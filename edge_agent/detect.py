@@ -203,7 +203,8 @@ class OnnxPersons:
         return _ssd_rows(out, self.cfg.person_class_id, self.cfg.person_confidence, bgr.shape)
 
     def close(self) -> None:
-        del self._session
+        """Release the session; closing twice is harmless."""
+        self._session = None
 
 
 PersonFinder = SsdPersons | OnnxPersons
@@ -387,8 +388,10 @@ class ThreadedDetector:
                 )
 
     def close(self) -> None:
-        """Stop the thread after its current frame, then release the detector."""
+        """Stop the thread after its current frame, then release the detector (once)."""
         with self._cv:
+            if self._closing:
+                return
             self._closing = True
             self._cv.notify_all()
         self._thread.join(self._join_timeout_s)

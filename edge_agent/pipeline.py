@@ -28,9 +28,14 @@ class Pipeline:
 
     def __init__(self, cfg: AgentConfig, backend: Backend | None = None, detector: Detector | None = None):
         self.cfg = cfg
-        self.detector = detector or build_detector(cfg.detection)
-        self.detector_thread = ThreadedDetector(self.detector) if cfg.detection.threaded else None
+        # The model first: when it cannot load, no detector or detector thread is left behind.
         self.inferencer = EmotionInferencer(backend or build_backend(cfg.inference), cfg.inference)
+        try:
+            self.detector = detector or build_detector(cfg.detection)
+        except BaseException:
+            self.inferencer.close()
+            raise
+        self.detector_thread = ThreadedDetector(self.detector) if cfg.detection.threaded else None
         self.trackers: dict[str, Tracker] = {}
         self.smoothers: dict[str, Smoother] = {}
 

@@ -8,10 +8,15 @@ default action (SIGTERM) or a ``KeyboardInterrupt`` traceback (SIGINT).
 
 Whoever installs the handlers gives the previous ones back when done (`saved_handlers`,
 `restore_handlers`), so an in-process caller (a test calling ``main``) keeps its own.
+
+A second stop signal while the first is still being honoured ends the process at once (exit
+128 + signal number, nothing more flushed): an operator who presses Ctrl-C twice, or a supervisor
+that repeats SIGTERM, must not wait out a flush timeout or a slow start-up step.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -51,6 +56,10 @@ def stop_on_signals(event: threading.Event | None = None) -> threading.Event:
         # Only record and set: a handler runs between two bytecodes of the main thread, which may
         # hold the logging lock or be in the middle of any start-up step.
         global _received
+        if stop.is_set() and _received is not None:
+            # os.write, not logging: the interrupted code may hold the logging lock.
+            os.write(2, f"second stop signal ({signal.Signals(signum).name}): exiting now\n".encode())
+            os._exit(128 + signum)
         if _received is None:
             _received = signum
         stop.set()

@@ -3,19 +3,22 @@
 The soak runs what ``affectline run`` runs (`edge_agent.app.AffectlineApp`): one capture thread
 per clip (`edge_agent.sources.Source`, ``loop: true``, ``realtime: true``, so frames come at the
 clip's rate and the oldest is dropped when the pipeline is slower), the configured model
-(``default-int8`` unless the config names another), detector, tracker and smoother, the publisher
+(``default-int8-cpu`` unless the config names another), detector, tracker and smoother, the publisher
 (to the configured broker, or the embedded one) and the preview writer, console and metrics
 endpoint when the config enables them. Only the cameras are replaced: one per clip, with the
 first configured camera's ``fps_cap``, ``queue_size``, ``roi`` and ``reconnect`` settings.
 
-Every ``sample_s`` seconds a sampler thread records the process's RSS, open descriptors, OS
+The app itself stops after ``minutes`` (``max_seconds``), so the soak ends on time even if sampling
+fails. Every ``sample_s`` seconds a sampler thread records the process's RSS, open descriptors, OS
 threads (Python's and native ones: ONNX Runtime, FFmpeg), CPU use and processed frames/s; the
 verdict compares the first sample after one minute (warm-up) with the last.
+A sample that cannot be taken or written is logged and counted (``sample_errors``), not fatal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import threading
@@ -26,6 +29,8 @@ from typing import Any
 from edge_agent.app import AffectlineApp
 from edge_agent.config import AgentConfig, FileSource
 from edge_agent.publish import state_payload
+
+log = logging.getLogger(__name__)
 
 WARM_UP_S = 60.0
 MAX_RSS_GROWTH_PCT = 5.0
@@ -69,6 +74,7 @@ class Sampler:
     def __init__(self, app: AffectlineApp, minutes: float, sample_s: float, progress: Path | None = None):
         self.app, self.minutes, self.sample_s, self.progress = app, minutes, sample_s, progress
         self.samples: list[dict[str, float]] = []
+        self.errors = 0
         self.t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
 
@@ -86,7 +92,11 @@ class Sampler:
         while not self.app.stop_event.wait(max(0.0, min(next_t, deadline) - time.monotonic())):
             now = time.monotonic()
             if now >= next_t:
-                last = self._sample(now, last)
+                try:
+                    last = self._sample(now, last)
+                except Exception as exc:  # a full disk must not end the soak's sampling
+                    self.errors += 1
+                    log.warning("soak sample %d failed (%d so far): %s", len(self.samples), self.errors, exc)
                 next_t += self.sample_s
             if now >= deadline:
                 self.app.stop_event.set()
@@ -122,7 +132,8 @@ def soak_verdict(samples: list[dict[str, float]]) -> dict[str, Any]:
     """
     if len(samples) < 2:
         return {"rss_growth_pct": None, "fd_growth": None, "thread_growth": None, "ok": None}
-    warm = next((s for s in samples if s["t_s"] >= WARM_UP_S), samples[0])
+    # The last sample is never its own baseline: a soak shorter than the warm-up compares with the first.
+    warm = next((s for s in samples[:-1] if s["t_s"] >= WARM_UP_S), samples[0])
     last = samples[-1]
     verdict: dict[str, Any] = {
         "rss_growth_pct": round(100 * (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"], 2),
@@ -156,6 +167,7 @@ def soak_report(app: AffectlineApp, sampler: Sampler) -> dict[str, Any]:
         "frames": app.stats.frames,
         "loop_errors": app.stats.errors,
         "cameras": {name: state_payload(src.status()) for name, src in app.sources.items()},
+        "sample_errors": sampler.errors,
         "samples": list(sampler.samples),
         **soak_verdict(sampler.samples),
     }
@@ -187,7 +199,7 @@ def soak(
     Raises:
         ModelLoadError: the configured model cannot be used.
     """
-    app = AffectlineApp(cfg, stop_event=stop_event)
+    app = AffectlineApp(cfg, max_seconds=minutes * 60, stop_event=stop_event)
     sampler = Sampler(app, minutes, sample_s, progress)
     sampler.start()
     try:

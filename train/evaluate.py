@@ -9,6 +9,7 @@ through the agent's own inference code, ``peer_predictor`` one of the FER models
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from collections.abc import Callable
@@ -267,15 +268,24 @@ def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]
         model: Path of the .onnx file, or a built-in model name (``default``, ``default-int8``, ...).
         threads: ONNX Runtime intra-op threads.
 
+    Returns:
+        The predictor (probabilities in ``CLASSES`` order) and the file's metadata with that order.
+
     Raises:
-        ModelLoadError: the file is missing, unreadable or off the agent's model contract.
+        ModelLoadError: the file is missing, unreadable, off the agent's model contract, or its
+            classes are not ``CLASSES``.
     """
     from edge_agent.config import OnnxRuntimeBackend
-    from edge_agent.infer import OrtBackend, Preprocessor, softmax
+    from edge_agent.infer import ModelLoadError, OrtBackend, Preprocessor, softmax
 
     backend = OrtBackend(OnnxRuntimeBackend(type="onnxruntime", model=model, threads=threads))
-    prep = Preprocessor(backend.meta)
-    specs = [backend.meta.input_for("person"), backend.meta.input_for("scene")]
+    meta = backend.meta
+    if sorted(meta.classes) != sorted(CLASSES):
+        # Labels are indices into CLASSES: any other class set would give silently wrong numbers.
+        raise ModelLoadError(f"{model}: classes {list(meta.classes)}; evaluation needs {list(CLASSES)}")
+    order = [meta.classes.index(c) for c in CLASSES]  # the file may list them in another order
+    prep = Preprocessor(meta)
+    specs = [meta.input_for("person"), meta.input_for("scene")]
 
     def predict(person_rgb: np.ndarray, scene_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {}
@@ -283,9 +293,9 @@ def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]
             views = rgb if spec.color == "RGB" else rgb[..., ::-1]  # dataset crops are RGB
             inputs[spec.name] = prep.normalise(spec.name, views)
         logits, va = backend.run(inputs)
-        return softmax(logits), va
+        return softmax(logits)[:, order], va
 
-    return predict, backend.meta
+    return predict, dataclasses.replace(meta, classes=CLASSES)
 
 
 def evaluate(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +75,19 @@ def test_decode_stamps_media_time(single_face_clip: Path) -> None:
     assert np.allclose(np.diff(t), np.diff(t)[0]) and np.diff(t)[0] == pytest.approx(1 / 30, rel=0.05)
 
 
+@pytest.mark.parametrize(("consumer_s", "min_wait_s"), [(0.0, 0.0), (0.1, 0.25)])
+def test_realtime_latency_counts_from_scheduled_arrival(
+    single_face_clip: Path, consumer_s: float, min_wait_s: float
+) -> None:
+    """A consumer slower than the clip's 30 fps makes later frames wait: that wait is latency."""
+    waited = []
+    for d in decode(str(single_face_clip), "c", max_frames=5, realtime=True):
+        waited.append(time.perf_counter() - d.t_start)
+        time.sleep(consumer_s)
+    # 5th frame: scheduled 4/30 s after the first, reached after 4 consumer sleeps.
+    assert waited[-1] >= min_wait_s and (consumer_s or waited[-1] < 0.05)
+
+
 @pytest.mark.parametrize(
     ("samples", "expected"),
     [
@@ -85,6 +101,13 @@ def test_decode_stamps_media_time(single_face_clip: Path) -> None:
             ],
             {"rss_growth_pct": 4.0, "fd_growth": 0, "thread_growth": 1, "ok": False},
         ),
+        (  # shorter than the warm-up: the last sample is compared with the first, not itself
+            [
+                {"t_s": 10, "rss_mb": 100, "fds": 10, "threads": 5, "fps": 1},
+                {"t_s": 60, "rss_mb": 120, "fds": 11, "threads": 5, "fps": 1},
+            ],
+            {"rss_growth_pct": 20.0, "fd_growth": 1, "ok": False},
+        ),
     ],
 )
 def test_soak_verdict_uses_warm_baseline(samples: list, expected: dict) -> None:
@@ -96,3 +119,41 @@ def test_soak_verdict_uses_warm_baseline(samples: list, expected: dict) -> None:
 @pytest.mark.parametrize(("path", "name"), [("/a/b.c.mp4", "b_c"), ("x y.mov", "x_y"), ("/.mp4", "_mp4")])
 def test_camera_name(path: str, name: str) -> None:
     assert camera_name(path) == name
+
+
+def test_soak_ends_on_time_when_its_report_cannot_be_written(tmp_path: Path, single_face_clip: Path) -> None:
+    """The progress file's folder vanished (or the disk is full): samples fail and are counted, the
+    soak still stops after its minutes."""
+    cfg = parse_config(
+        {
+            "cameras": [{"name": "x", "source": {"type": "file", "path": "-"}}],
+            "inference": {
+                "backend": {"type": "onnxruntime", "model": str(make_tiny_model(tmp_path / "m.onnx"))}
+            },
+            "mqtt": {"host": "embedded", "port": 0},
+        }
+    )
+    t0 = time.monotonic()
+    report = soak(
+        soak_cameras(cfg, [str(single_face_clip)], ["loop"]), 0.05, 0.5, tmp_path / "gone" / "soak.json"
+    )
+    assert time.monotonic() - t0 < 30 and report["sample_errors"] >= 2 and report["frames"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--soak", "-1"], "--soak=-1.0: minutes must be >= 0"),
+        (["--soak", "1", "--sample-s", "0"], "--sample-s=0.0: must be > 0"),
+        (["--frames", "-5"], "--frames=-5: must be >= 0"),
+        (["--json", "/nonexistent-dir/x.json"], "--json=/nonexistent-dir/x.json: folder '/nonexistent-dir'"),
+    ],
+)
+def test_bad_bench_arguments_are_refused_before_anything_runs(argv: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "bench", *argv, "clip.mp4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,3 +337,11 @@ def test_detector_thread_counts_failures_and_keeps_going(face_frames: list[Frame
         assert thread.errors == 2  # the thread survived the first failure
     finally:
         thread.close()  # closes the detector a second time, which must be harmless
+
+
+def test_detector_thread_close_twice_releases_once(face_frames: list[Frame]) -> None:
+    thread = ThreadedDetector(build_detector(detection(type="ssd_mobilenet")))
+    thread.submit(face_frames[0])
+    thread.close()
+    thread.close()  # shutdown paths overlap (signal handler and finally): must not raise
+    assert not any(t.name == "detector" and t.is_alive() for t in threading.enumerate())

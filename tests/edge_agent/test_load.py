@@ -5,7 +5,7 @@ can detect faces in, so the sources must drop the oldest frames (bounded queues)
 drop, and keep frame-to-output latency flat instead of growing with the backlog.
 
 The soak runs the real agent (capture thread on a looping clip at its real rate, the shipped
-``default-int8`` model, publisher to a real mosquitto, preview writer) and watches RSS, descriptors
+``default-int8-cpu`` model, publisher to a real mosquitto, preview writer) and watches RSS, descriptors
 and threads. ``AFFECTLINE_LOAD_S`` (default 20) sets the load run, ``AFFECTLINE_SOAK_MINUTES``
 (default 2) the soak; docs/reliability.md records longer runs and their commands.
 """
@@ -105,7 +105,7 @@ def test_soak_records_resources_and_does_not_grow(
         tmp_path, mosquitto.port, [{"name": "soak", "source": {"type": "file", "path": "unused"}}]
     )
     data = yaml.safe_load(cfg.read_text())
-    data["inference"]["backend"]["model"] = "default-int8"  # the shipped model, not the tiny test one
+    data["inference"]["backend"]["model"] = "default-int8-cpu"  # the shipped default, not the tiny test one
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "soak.json"
     cmd = [sys.executable, "-m", "edge_agent.cli", "bench", str(single_face_clip), "--config", str(cfg)]
@@ -122,7 +122,7 @@ def test_soak_records_resources_and_does_not_grow(
     print("\n" + json.dumps({k: v for k, v in report.items() if k != "samples"}))
     assert len(samples) >= SOAK_MINUTES * 6 - 1  # one sample per 10 s
     assert all(s["fps"] > 0 for s in samples)
-    assert report["model_config"] == "default-int8" and report["loop_errors"] == 0
+    assert report["model_config"] == "default-int8-cpu" and report["loop_errors"] == 0
     camera = report["cameras"]["single_face"]  # the capture thread looped the 72-frame clip
     assert camera["frames"] > 72 and camera["errors"] == 0 and camera["reconnects"] == 0
     assert report["mqtt"]["persons_sent"] > 0 and report["mqtt"]["summary_sent"] > 0

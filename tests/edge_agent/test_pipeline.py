@@ -6,6 +6,7 @@ emotion trend is checked with the shipped default model.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from edge_agent.bench import decode
 from edge_agent.config import parse_config
-from edge_agent.infer import BUILTIN_MODELS
+from edge_agent.infer import BUILTIN_MODELS, ModelLoadError
 from edge_agent.pipeline import Pipeline
 from edge_agent.structures import FrameResult
 from tests.model_factory import make_tiny_model
@@ -114,3 +115,12 @@ def test_single_face_smile_raises_happy(model: str, single_face_clip: Path) -> N
     start = float(np.mean([r.detections.data["probs"][0, happy] for r in results[5:10]]))
     end = float(np.mean([r.detections.data["probs"][0, happy] for r in results[-5:]]))
     assert end > start + 0.1, (start, end)
+
+
+def test_unloadable_model_leaves_no_detector_thread(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    before = {t for t in threading.enumerate() if t.name == "detector"}
+    with pytest.raises(ModelLoadError, match="not a loadable ONNX model"):
+        Pipeline(config(model=str(bad), detection={"threaded": True}))
+    assert {t for t in threading.enumerate() if t.name == "detector" and t.is_alive()} <= before

@@ -276,3 +276,23 @@ def test_sigterm_at_any_moment_of_start_up_exits_0(
         time.sleep(delay_s)
         out, _ = log.terminate()
         assert_clean_exit(proc, out)
+
+
+def test_second_sigterm_exits_at_once_without_waiting_for_the_clean_stop(
+    tmp_path: Path, mosquitto: Mosquitto, recorder: Callable[..., Any], silent_server: int
+) -> None:
+    """The first SIGTERM starts a clean stop that waits ~2 s for a camera whose RTSP open hangs;
+    a second one ends the process immediately, and says so."""
+    rec = recorder(mosquitto.port, "affectline/e2e/#")
+    url = f"rtsp://127.0.0.1:{silent_server}/cam"
+    camera = {"name": "cam", "source": {"type": "rtsp", "url": url, "open_timeout_s": 60}}
+    proc = start_agent(startup_config(tmp_path, mosquitto.port, [camera]))
+    log = AgentLog(proc)
+    rec.wait(lambda m: "starting" in states(m, "/cam/state"), 60)
+    time.sleep(1.0)  # inside the hung open
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    out, exit_s = log.terminate(signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert "second stop signal (SIGTERM): exiting now" in out and "Traceback" not in out
+    assert exit_s < 1.0, exit_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from edge_agent.modelmeta import ModelMeta
 from edge_agent.views import crop_square, square_boxes
 from engines.artifacts import sha256_file
 from tests.conftest import shared_path
+from tests.model_factory import CLASSES, make_tiny_model, tiny_meta
 from train.checkpoint import load_model
 from train.evaluate import agent_predictor, torch_predictor
 
@@ -83,3 +85,26 @@ def test_cli_names_an_unreadable_onnx_file(
         agent_predictor(str(bad))
     assert _cli(["train", "evaluate", str(bad), "--data", f"manifest:{tmp_path}"]) == 2
     assert "bad.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("classes", "error"),
+    [
+        ((*CLASSES[:-1], "contempt"), "evaluation needs"),  # another class set: refused, not mis-scored
+        (tuple(reversed(CLASSES)), None),  # same classes, another order: reordered into ours
+    ],
+)
+def test_agent_model_classes_are_mapped_onto_ours(tmp_path: Path, classes: tuple, error: str | None) -> None:
+    ours = make_tiny_model(tmp_path / "ours.onnx")
+    theirs = make_tiny_model(tmp_path / "theirs.onnx", meta=dataclasses.replace(tiny_meta(), classes=classes))
+    if error:
+        with pytest.raises(ModelLoadError, match=error):
+            agent_predictor(str(theirs))
+        return
+    rng = np.random.default_rng(0)
+    person, scene = (rng.integers(0, 255, (4, 32, 32, 3), np.uint8) for _ in range(2))
+    want, _ = agent_predictor(str(ours))[0](person, scene)
+    got, meta = agent_predictor(str(theirs))
+    # The same weights with the class list reversed: column k of the file is class 6-k of ours.
+    np.testing.assert_allclose(got(person, scene)[0], want[:, ::-1], atol=1e-6)
+    assert meta.classes == CLASSES

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 LOCAL_DIR = "local-dir:"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+# What open_clip looks for in a model folder (a bare .pt is not among them).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 
 
 def import_open_clip() -> ModuleType:
