@@ -36,6 +36,7 @@ class Pipeline:
             self.inferencer.close()
             raise
         self.detector_thread = ThreadedDetector(self.detector) if cfg.detection.threaded else None
+        self.detector_stale = 0
         self.trackers: dict[str, Tracker] = {}
         self.smoothers: dict[str, Smoother] = {}
 
@@ -44,12 +45,14 @@ class Pipeline:
         return self.inferencer.classes
 
     def counters(self) -> dict[str, int]:
-        """Things the pipeline skipped and kept going: model results with NaN, detector failures and
-        frames the detector thread never saw because a newer one replaced them."""
+        """Things the pipeline skipped and kept going: model results with NaN, detector failures,
+        frames the detector thread never saw because a newer one replaced them, and its results
+        dropped as too old to match (`_detect`)."""
         out = {"model_nonfinite": self.inferencer.nonfinite}
         if self.detector_thread is not None:
             out["detector_errors"] = self.detector_thread.errors
             out["detector_replaced"] = self.detector_thread.replaced
+            out["detector_stale"] = self.detector_stale
         return out
 
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
@@ -85,6 +88,11 @@ class Pipeline:
             self.detector_thread.submit(frame)
         done = self.detector_thread.collect(frame.camera)
         if done is None:
+            return None
+        if frame.t_mono - done.t_mono > self.cfg.tracking.death_s:
+            # Boxes from before a stall or reconnect: every track they could match has ended, so
+            # they would only start ghost tracks where people were.
+            self.detector_stale += 1
             return None
         # The detector's own time, off the frame path; the age says how stale the boxes are.
         stage_ms["detect"] = done.ms

@@ -6,7 +6,9 @@ emotion trend is checked with the shipped default model.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,23 @@ def test_unloadable_model_leaves_no_detector_thread(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a loadable ONNX model"):
         Pipeline(config(model=str(bad), detection={"threaded": True}))
     assert {t for t in threading.enumerate() if t.name == "detector" and t.is_alive()} <= before
+
+
+@pytest.mark.parametrize(("gap_s", "applied"), [(0.5, True), (10.0, False)])
+def test_threaded_detections_older_than_death_s_are_dropped(
+    tiny_pipeline, single_face_clip: Path, gap_s: float, applied: bool
+) -> None:
+    """After a stall longer than a track's life (a reconnect), the detector thread's last boxes
+    describe a scene that is gone: they are counted and dropped, not tracked."""
+    pipe = tiny_pipeline(detection={"threaded": True, "every_k_frames": 2})
+    first = next(iter(decode(str(single_face_clip), "c"))).frame
+    try:
+        pipe.process([first])  # index 0: submitted to the detector thread
+        time.sleep(1.0)  # the face is found meanwhile
+        later = dataclasses.replace(first, index=1, t_mono=first.t_mono + gap_s)  # index 1: not submitted
+        result = pipe.process([later])[0]
+        # A track needs birth_s of hits to be reported, so look at whether the boxes reached the tracker.
+        assert ("detect_age" in result.stage_ms) is applied
+        assert pipe.counters()["detector_stale"] == (0 if applied else 1)
+    finally:
+        pipe.close()
