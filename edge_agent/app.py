@@ -108,7 +108,7 @@ class AffectlineApp:
         self.max_seconds = max_seconds
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.stats = LoopStats()
-        log.info("loading model %s and detector %s", _model_name(cfg), cfg.detection.detector.type)
+        log.info("loading model %s and detector %s", model_name(cfg), cfg.detection.detector.type)
         self.pipeline = Pipeline(cfg)
         meta = self.pipeline.inferencer.meta
         log.info("model %s: classes %s", meta.model_version, ",".join(meta.classes))
@@ -267,7 +267,8 @@ class AffectlineApp:
         return bool(self.sources) and all(src.ended for src in self.sources.values())
 
 
-def _model_name(cfg: AgentConfig) -> str:
+def model_name(cfg: AgentConfig) -> str:
+    """The configured model: an ONNX file or built-in name, or a TensorRT engine."""
     backend = cfg.inference.backend
     return backend.model if isinstance(backend, OnnxRuntimeBackend) else backend.engine
 

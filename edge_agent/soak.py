@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.app import AffectlineApp
+from edge_agent.app import AffectlineApp, model_name
 from edge_agent.config import AgentConfig, FileSource
 from edge_agent.publish import state_payload
 
@@ -156,7 +156,7 @@ def soak_report(app: AffectlineApp, sampler: Sampler) -> dict[str, Any]:
         "minutes": sampler.minutes,
         "sample_s": sampler.sample_s,
         "model": app.pipeline.inferencer.meta.model_version,
-        "model_config": getattr(cfg.inference.backend, "model", None),
+        "model_config": model_name(cfg),
         "detector": cfg.detection.detector.type,
         "mqtt": {
             "host": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
