@@ -1,4 +1,4 @@
-"""``affectline train pretrain|finetune|evaluate|profile``: thin wrappers mapping errors to exit codes."""
+"""``affectline train pretrain|finetune|evaluate|probe|profile``: thin wrappers, errors → exit codes."""
 
 from __future__ import annotations
 
@@ -56,18 +56,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor, meta, cfg = _peer(args.checkpoint, args.threads)
     elif _is_agent_model(args.checkpoint):
         predictor, meta = agent_predictor(args.checkpoint, args.threads)
-        cfg = {}  # the default split settings, which every training run uses unless told otherwise
+        cfg = _default_split()  # what every training run uses unless told otherwise
     else:
         model, meta = load_model(args.checkpoint)
         predictor = torch_predictor(model)
         cfg = load_checkpoint(args.checkpoint)["config"]
     for spec in args.data:
-        splits = load_source(spec, cfg.get("test_fraction", 0.2), cfg.get("split_seed", 0))
-        samples = (
-            splits.train + splits.val + splits.test if args.split == "all" else getattr(splits, args.split)
+        # A checkpoint from before validation parts existed has no val_fraction: its val was empty.
+        splits = load_source(
+            spec, cfg.get("test_fraction", 0.2), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.0)
         )
+        split = args.split
+        samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
         if not samples:
-            samples = splits.test
+            print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
+            split, samples = "test", splits.test
         result = evaluate(
             samples,
             predictor,
@@ -76,11 +79,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             meta.classes,
             args.batch_size,
         )
-        name = f"{spec.split(':', 1)[0]}_{args.split}"
+        name = f"{spec.split(':', 1)[0]}_{split}"
         prov = {
             "checkpoint": _provenance(args.checkpoint),
             "data": spec,
-            "split": args.split,
+            "split": split,
             "config_sha256": meta.train_config_sha256,
             "readers": [r.summary() for r in splits.reports],
         }
@@ -94,6 +97,52 @@ def _evaluate(args: argparse.Namespace) -> int:
             line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
         print(f"{line} -> {path}")
     return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from train.probe import load_encoder, load_probe_data, probe
+
+    torch.set_num_threads(args.threads)
+    encoders = [(name, load_encoder(name)) for name in args.encoders]  # bad names fail before the slow part
+    data = load_probe_data(args.data, args.train_per_source, args.seed)
+    print(
+        f"probe: {int(data.train.sum())} training and {int((~data.train).sum())} test images "
+        f"({data.skipped} unreadable skipped)",
+        flush=True,
+    )
+    results = {}
+    for name, net in encoders:
+        results[name] = probe(net, data)
+        for features, per_source in results[name].items():
+            cells = " | ".join(
+                f"{src} {m['accuracy'] * 100:.2f} / {m['macro_f1'] * 100:.2f}"
+                for src, m in per_source.items()
+            )
+            print(f"| {name} | {features} | {cells} |", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "data": args.data,
+        "train_per_source": args.train_per_source,
+        "seed": args.seed,
+        "encoders": {n: _provenance(n) if n != "imagenet" else n for n in args.encoders},
+        "results": results,
+    }
+    (out / "probe.json").write_text(json.dumps(report, indent=2))
+    print(f"-> {out / 'probe.json'}")
+    return EXIT_OK
+
+
+def _default_split() -> dict[str, float]:
+    """The split settings of a default fine-tuning run (for files that do not carry their config)."""
+    from train.config import FinetuneConfig
+
+    d = FinetuneConfig()
+    return {"test_fraction": d.test_fraction, "split_seed": d.split_seed, "val_fraction": d.val_fraction}
 
 
 def _provenance(name: str) -> str:
@@ -141,7 +190,7 @@ def _peer(name: str, threads: int) -> tuple[Any, Any, dict[str, Any]]:
     from train.teachers.prior import load_prior
 
     predictor, requirement = peer_predictor(name, load_prior().va, threads)
-    return predictor, make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, requirement), {}
+    return predictor, make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, requirement), _default_split()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -176,6 +225,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_guard(_evaluate))
+
+    p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")
+    p.add_argument("encoders", nargs="+", help="'imagenet' and/or pretraining or fine-tuning checkpoints")
+    p.add_argument("--data", action="append", required=True, help="kind:path (repeatable), e.g. ferplus:DIR")
+    p.add_argument("--train-per-source", type=int, default=4000, help="labelled training images per source")
+    p.add_argument("--seed", type=int, default=0, help="which training images are drawn")
+    p.add_argument("--out", default="runs/probe", help="folder for probe.json")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_guard(_probe))
 
     p = sub.add_parser("profile", help="parameters, FLOPs per person and training throughput of models")
     p.add_argument("models", nargs="+", help="factory names, e.g. affectline_mnv2_64 affectline_mnv2_96_64")

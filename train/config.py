@@ -15,6 +15,7 @@ from typing import Any, TypeVar, get_type_hints
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
 
 TEACHERS = ("offline", "clip", "none")
+SELECT = ("mean_acc", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,13 @@ class FinetuneConfig(_RunViews):
     va_weight: float = 0.5
     prior_va_weight: float = 0.3
     augment: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(AugmentConfig()))
+    # Exponential moving average of the weights (0 = off); validated, selected and saved as best.pt.
+    ema_decay: float = 0.999
+    # best.pt by the mean over sources of validation accuracy (each dataset counts once), or by the
+    # pooled accuracy (then FER+, ~85 % of the validation images, decides alone).
+    select: str = "mean_acc"
     test_fraction: float = 0.2
+    val_fraction: float = 0.1
     split_seed: int = 0
     seed: int = 0
     threads: int = 2
@@ -85,6 +92,17 @@ class FinetuneConfig(_RunViews):
     checkpoint_minutes: float = 10.0
     max_samples: int = 0
     resume: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse values the loop cannot use, naming the field, the value and the allowed range.
+
+        Raises:
+            ValueError: ``ema_decay`` outside [0, 1) or ``select`` not one of ``SELECT``.
+        """
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay} outside [0, 1)")
+        if self.select not in SELECT:
+            raise ValueError(f"select={self.select!r} not one of {SELECT}")
 
 
 @dataclass
@@ -170,6 +188,8 @@ _FINETUNE_NUMBERS = (
     "label_smoothing",
     "weight_decay",
     "test_fraction",
+    "val_fraction",
+    "ema_decay",
 )
 _PRETRAIN_NUMBERS = (
     *_LOOP_NUMBERS,
@@ -193,6 +213,7 @@ def finetune_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``affectline train finetune``; each overrides the FinetuneConfig field of the same name."""
     _run_flags(p, FinetuneConfig, "data source kind:path (repeatable)")
     p.add_argument("--init", help="pretraining checkpoint to start from")
+    p.add_argument("--select", choices=SELECT, help="best.pt selection (default mean_acc)")
     _number_flags(p, FinetuneConfig, _FINETUNE_NUMBERS)
 
 

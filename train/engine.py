@@ -87,7 +87,9 @@ def load_splits(cfg: FinetuneConfig | PretrainConfig) -> Splits:
     """All sources of the config, split; ``max_samples`` (tests, smoke runs) truncates each list."""
     splits = Splits()
     for spec in cfg.data:
-        splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed), spec))
+        # Pretraining has no validation part: its images are unlabelled anyway.
+        val_fraction = getattr(cfg, "val_fraction", 0.0)
+        splits.extend(as_train(load_source(spec, cfg.test_fraction, cfg.split_seed, val_fraction), spec))
     if cfg.max_samples:
         rng = np.random.default_rng(cfg.seed)
         for name in ("train", "val", "test"):
@@ -269,7 +271,12 @@ class BudgetedLoop:
         return lr
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def save(self, name: str, metrics: dict[str, Any] | None = None) -> None:
+    def selected_net(self) -> nn.Module:
+        """The weights that are validated and saved as ``best.pt`` (fine-tuning may average them)."""
+        return self.net
+
+    def save(self, name: str, metrics: dict[str, Any] | None = None, net: nn.Module | None = None) -> None:
+        """Write ``name`` with ``net``'s weights (default the trained network) and the loop state."""
         if self.rt.main:
             extra = {
                 "state": dict(self.state),
@@ -278,7 +285,7 @@ class BudgetedLoop:
             }
             save_checkpoint(
                 self.out / name,
-                self.net,
+                net if net is not None else self.net,
                 self.optimizer,
                 int(self.state["epoch"]),
                 self.resolved(),
@@ -377,7 +384,7 @@ class BudgetedLoop:
         self.save("last.pt", metrics)
         self.last_save = time.time()
         if improved or score is None:
-            self.save("best.pt", metrics)
+            self.save("best.pt", metrics, self.selected_net())
         return row
 
     def train_averages(self, steps: float) -> dict[str, float]:

@@ -9,10 +9,12 @@ continues it): the rate anneals when the budget ends, whatever throughput the sh
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -35,6 +37,7 @@ from train.losses import soft_cross_entropy, va_loss
 from train.metrics import classification_report
 from train.models import build_model
 from train.models.dual_view import DualViewNet
+from train.schedules import ema_decay_at
 from train.teachers.prior import load_prior
 
 LOG_FIELDS = (
@@ -47,9 +50,58 @@ LOG_FIELDS = (
     "val_acc",
     "val_macro_f1",
     "val_n",
+    "val_mean_acc",
+    "raw_val_mean_acc",
     "elapsed_s",
     "samples_per_s",
 )
+
+
+class WeightEma(torch.nn.Module):
+    """Exponential moving average of a network's weights and buffers (``ema_decay_at`` schedule).
+
+    The averaged copy is what gets validated and saved as ``best.pt``; being a module, its state
+    (including the update count) is checkpointed with the run and restored on resume.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates: torch.Tensor
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        """Move every floating tensor towards ``net``'s; copy the others (BN's batch counters)."""
+        d = ema_decay_at(int(self.updates), self.decay)
+        for avg, cur in zip(self.module.state_dict().values(), net.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(cur.detach(), alpha=1 - d)
+            else:
+                avg.copy_(cur)
+        self.updates += 1
+
+
+def per_source_accuracy(labels: np.ndarray, preds: np.ndarray, sources: np.ndarray) -> dict[str, float]:
+    """``val_acc_<source>`` for each source with labelled samples, and their unweighted mean.
+
+    Args:
+        labels: (N,) true class, -1 = unlabelled (ignored).
+        preds: (N,) predicted class.
+        sources: (N,) source name of each sample.
+
+    Returns:
+        ``{"val_acc_<source>": acc, ..., "val_mean_acc": mean}`` (no mean when nothing is labelled).
+    """
+    out: dict[str, float] = {}
+    for src in sorted(set(sources.tolist())):
+        keep = (sources == src) & (labels >= 0)
+        if keep.any():
+            out[f"val_acc_{src}"] = float((preds[keep] == labels[keep]).mean())
+    if out:
+        out["val_mean_acc"] = float(np.mean(list(out.values())))
+    return out
 
 
 def _param_groups(model: torch.nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]:
@@ -72,7 +124,7 @@ def _param_groups(model: torch.nn.Module, cfg: FinetuneConfig) -> list[dict[str,
 class Finetuner(BudgetedLoop):
     """One fine-tuning run: builds data, model and optimizer; ``fit`` trains, validates, checkpoints."""
 
-    log_fields = LOG_FIELDS
+    log_fields: tuple[str, ...] = LOG_FIELDS
     net: DualViewNet
 
     def __init__(self, cfg: FinetuneConfig, rt: Runtime) -> None:
@@ -93,6 +145,9 @@ class Finetuner(BudgetedLoop):
             cfg.seed,
         )
         self.val_set = DualViewDataset(self.splits.val, self.person, self.scene) if self.splits.val else None
+        self.val_sources = np.array([v.source for v in self.splits.val])
+        self.log_fields = (*LOG_FIELDS, *(f"val_acc_{s}" for s in sorted(set(self.val_sources.tolist()))))
+        self.select_metric = "val_mean_acc" if cfg.select == "mean_acc" else "accuracy"
         weights = balanced_weights(self.splits.train, cfg.class_power, cfg.source_weights)
         self.sampler = WeightedDistributedSampler(
             weights, len(self.splits.train), rt.rank, rt.world, cfg.seed
@@ -104,11 +159,18 @@ class Finetuner(BudgetedLoop):
             # A warm start from a fine-tuned checkpoint keeps its learned VA head.
             self._init_va_head()
         self.model = wrap_ddp(self.net, rt)
+        self.ema = WeightEma(self.net, cfg.ema_decay) if cfg.ema_decay else None
         self.optimizer = torch.optim.AdamW(_param_groups(self.net, cfg), lr=cfg.lr)
         self.meta = make_meta(
             CLASSES, self.person, self.scene, self.resolved(), f"{cfg.model} {time.strftime('%Y-%m-%d')}"
         )
         self.init_loop()
+
+    def heads(self) -> dict[str, torch.nn.Module]:
+        return {"ema": self.ema} if self.ema is not None else {}
+
+    def selected_net(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.net
 
     def resolved(self) -> dict[str, Any]:
         d = dataclasses.asdict(self.cfg)
@@ -136,6 +198,8 @@ class Finetuner(BudgetedLoop):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
         hard = batch["dist"].argmax(1).to(dev)
         correct = int(((logits.argmax(1) == hard) & has).sum())
         return {
@@ -146,13 +210,22 @@ class Finetuner(BudgetedLoop):
         }
 
     def validate(self) -> dict[str, Any]:
+        """Metrics of the selected weights (the EMA when on); ``raw_val_mean_acc`` of the raw ones."""
         if self.val_set is None:
             return {}
         loader = DataLoader(self.val_set, batch_size=128, num_workers=self.cfg.workers)
-        pred = predict(self.net, loader, self.rt)
-        report = classification_report(pred["label"], pred["probs"].argmax(1), CLASSES)
+        out = self._scores(self.selected_net(), loader)
+        if self.ema is not None:
+            out["raw_val_mean_acc"] = self._scores(self.net, loader).get("val_mean_acc")
+        return out
+
+    def _scores(self, net: torch.nn.Module, loader: DataLoader) -> dict[str, Any]:
+        pred = predict(net, loader, self.rt)
+        labels, preds = pred["label"], pred["probs"].argmax(1)
+        report = classification_report(labels, preds, CLASSES)
         return {
             **report,
+            **per_source_accuracy(labels, preds, self.val_sources[pred["index"]]),
             "val_acc": report["accuracy"],
             "val_macro_f1": report["macro_f1"],
             "val_n": report["n"],

@@ -43,3 +43,17 @@ def linear_ramp(step: int, start: int, end: int, v0: float, v1: float) -> float:
     if step >= end:
         return v1
     return v0 + (v1 - v0) * (step - start) / (end - start)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay after ``step`` updates: ``(1 + step) / (10 + step)``, capped at ``decay``.
+
+    The warm-up keeps the average from being dominated by the initial weights for the first
+    ~1 / (1 − decay) steps (the schedule of TensorFlow's ``ExponentialMovingAverage(num_updates)``).
+
+    Raises:
+        ValueError: ``decay`` outside [0, 1) or a negative step.
+    """
+    if not 0 <= decay < 1 or step < 0:
+        raise ValueError(f"ema_decay_at: need 0 <= decay < 1 and step >= 0; got decay={decay}, step={step}")
+    return min(decay, (1 + step) / (10 + step))

@@ -23,8 +23,12 @@ def _cli(argv: list[str]) -> int:
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
+    return _checkpoint(tmp_path)
+
+
+def _checkpoint(tmp_path: Path, **split: float) -> Path:
     torch.manual_seed(0)
-    cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}, "test_fraction": 0.2, "split_seed": 0}
+    cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}, "test_fraction": 0.2, "split_seed": 0, **split}
     model = build_model("affectline_mnv2_64", pretrained=False)
     return save_checkpoint(
         tmp_path / "c.pt",
@@ -63,6 +67,45 @@ def test_evaluate_manifest_writes_report_and_skips_bad_samples(tmp_path: Path, c
     assert report["n_samples"] == 5 and report["n_skipped"] == 2
     assert report["classification"]["support"]["happy"] == 5
     assert (tmp_path / "ev" / "manifest_test_confusion.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "val_fraction,spec,report,n",
+    [
+        (None, "manifest", "manifest_test", 5),  # a manifest has no val part: test, and said so
+        (None, "emotion6", "emotion6_test", 323),  # a checkpoint from before val parts: empty val
+        (0.1, "emotion6", "emotion6_val", 172),  # the checkpoint's own val part
+    ],
+)
+def test_evaluate_val_split_follows_the_checkpoint(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    val_fraction: float | None,
+    spec: str,
+    report: str,
+    n: int,
+) -> None:
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:5]
+    (tmp_path / "m.csv").write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces))
+    source = {
+        "manifest": f"manifest:{tmp_path / 'm.csv'}",
+        "emotion6": f"emotion6:{shared_path('data', 'emotion6')}",
+    }
+    ckpt = _checkpoint(tmp_path, **({"val_fraction": val_fraction} if val_fraction else {}))
+    argv = [
+        "train",
+        "evaluate",
+        str(ckpt),
+        "--data",
+        source[spec],
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    assert _cli([*argv, "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "ev" / f"{report}.json").read_text())["n_samples"] == n
+    assert ("no val part" in capsys.readouterr().out) == report.endswith("_test")
 
 
 @pytest.mark.parametrize(

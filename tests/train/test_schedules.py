@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.schedules import budget_cosine, linear_ramp, warmup_cosine
+from train.schedules import budget_cosine, ema_decay_at, linear_ramp, warmup_cosine
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,17 @@ def test_budget_cosine(step: int, progress: float, expected: float) -> None:
 @pytest.mark.parametrize("step,expected", [(-1, 0.0), (0, 0.0), (5, 0.5), (10, 1.0), (20, 1.0)])
 def test_linear_ramp(step: int, expected: float) -> None:
     assert linear_ramp(step, 0, 10, 0.0, 1.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "step,decay,expected",
+    [(0, 0.0, 0.0), (0, 0.999, 0.1), (10, 0.999, 0.55), (990, 0.999, 0.991), (10**6, 0.999, 0.999)],
+)
+def test_ema_decay_at(step: int, decay: float, expected: float) -> None:
+    assert ema_decay_at(step, decay) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step,decay", [(0, 1.0), (0, -0.1), (-1, 0.9)])
+def test_ema_decay_at_bad_args(step: int, decay: float) -> None:
+    with pytest.raises(ValueError, match="ema_decay_at"):
+        ema_decay_at(step, decay)

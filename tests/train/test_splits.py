@@ -22,6 +22,14 @@ def test_split_keeps_faces_of_one_image_together_and_is_order_independent() -> N
     assert split_by_image(s, 0.25, seed=4)[1] != test
 
 
+def test_salt_draws_an_independent_split() -> None:
+    s = _samples(2000)
+    plain, salted = split_by_image(s, 0.5, seed=0)[1], split_by_image(s, 0.5, seed=0, salt="val:")[1]
+    overlap = len({x.image for x in plain} & {x.image for x in salted}) / len({x.image for x in plain})
+    assert 0.4 < overlap < 0.6  # independent halves share about half their images
+    assert split_by_image(s, 0.5, seed=0, salt="")[1] == plain
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.0])
 def test_split_bad_fraction(fraction: float) -> None:
     with pytest.raises(ValueError, match="test_fraction"):

@@ -62,13 +62,25 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
-def load_source(spec: str, test_fraction: float = 0.2, split_seed: int = 0) -> Splits:
+def load_source(
+    spec: str, test_fraction: float = 0.2, split_seed: int = 0, val_fraction: float = 0.0
+) -> Splits:
     """Read one source and split it.
 
     FER+ uses its official Train/Valid/Test (Valid/Test images duplicated in Train removed);
-    ExpW and Emotion6 are split by image (``test_fraction``, ``split_seed``); the other kinds
-    go entirely to ``test`` when used for evaluation and to ``train`` otherwise (see ``as_train``).
+    ExpW and Emotion6 are split by image: ``test_fraction`` of the images to test, then
+    ``val_fraction`` (of all images) from the rest to val, so the test part does not depend on
+    ``val_fraction``. The other kinds go entirely to ``test`` when used for evaluation and to
+    ``train`` otherwise (see ``as_train``).
+
+    Raises:
+        DataError: fractions outside [0, 1) or summing to 1 or more; the path does not exist.
     """
+    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise DataError(
+            f"data source {spec!r}: test_fraction={test_fraction}, val_fraction={val_fraction}; "
+            "each must be in [0, 1) and their sum below 1"
+        )
     kind, path = parse_spec(spec)
     out = Splits()
     if kind == "ferplus":
@@ -92,6 +104,9 @@ def load_source(spec: str, test_fraction: float = 0.2, split_seed: int = 0) -> S
     out.reports.append(report)
     if kind in ("expw", "emotion6"):
         out.train, out.test = split_by_image(samples, test_fraction, split_seed)
+        if val_fraction:
+            share = val_fraction / (1 - test_fraction)
+            out.train, out.val = split_by_image(out.train, share, split_seed, salt="val:")
     else:
         out.test = samples
     return out

@@ -14,12 +14,13 @@ from train.data.records import CLASSES, Sample
 
 
 def split_by_image(
-    samples: list[Sample], test_fraction: float, seed: int
+    samples: list[Sample], test_fraction: float, seed: int, salt: str = ""
 ) -> tuple[list[Sample], list[Sample]]:
     """Split into (train, test) so that all faces of one image land on the same side.
 
-    The side is a hash of (seed, image file name), so the split does not depend on list order and
-    is the same on every machine.
+    The side is a hash of (seed, salt, image file name), so the split does not depend on list order
+    and is the same on every machine. A different ``salt`` draws an independent split (the validation
+    part is carved out of the training part this way, leaving the test part untouched).
 
     Raises:
         ValueError: ``test_fraction`` outside [0, 1).
@@ -28,7 +29,8 @@ def split_by_image(
         raise ValueError(f"test_fraction={test_fraction} outside [0, 1)")
 
     def in_test(s: Sample) -> bool:
-        digest = hashlib.sha256(f"{seed}:{Path(s.image).parent.name}/{Path(s.image).name}".encode()).digest()
+        key = f"{seed}:{salt}{Path(s.image).parent.name}/{Path(s.image).name}"
+        digest = hashlib.sha256(key.encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
     train: list[Sample] = []

@@ -87,6 +87,22 @@ def test_expw_split_is_by_image_and_deterministic() -> None:
     assert 0.1 < len(a.test) / (len(a.train) + len(a.test)) < 0.3
 
 
+def test_expw_val_part_comes_from_train_and_leaves_test_alone() -> None:
+    spec = f"expw:{shared_path('data', 'expw')}"
+    plain, with_val = load_source(spec, 0.2, 0), load_source(spec, 0.2, 0, val_fraction=0.1)
+    assert [s.image for s in with_val.test] == [s.image for s in plain.test]
+    train, val = {s.image for s in with_val.train}, {s.image for s in with_val.val}
+    assert not train & val and not val & {s.image for s in with_val.test}
+    assert train | val == {s.image for s in plain.train}
+    assert 0.05 < len(with_val.val) / len(plain.train + plain.test) < 0.15
+
+
+@pytest.mark.parametrize("test_fraction,val_fraction", [(0.5, 0.5), (0.2, -0.1), (1.0, 0.0), (0.2, 1.0)])
+def test_bad_split_fractions(tmp_path: Path, test_fraction: float, val_fraction: float) -> None:
+    with pytest.raises(DataError, match="val_fraction"):
+        load_source(f"expw:{tmp_path}", test_fraction, 0, val_fraction)
+
+
 def test_video_frames_real() -> None:
     samples, rep = read_video(shared_path("videos", "single_face.mp4"), every=10)
     assert rep.kept == len(samples) > 0 and samples[0].pixels is not None and samples[0].pixels.ndim == 3

@@ -1,0 +1,84 @@
+"""Linear probing: the logistic probe on known data, real encoders on real images, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.cli import build_parser
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from tests.conftest import shared_path
+from train.checkpoint import CheckpointError, make_meta, save_checkpoint
+from train.data.records import CLASSES
+from train.models import build_model
+from train.probe import fit_logistic, load_encoder, load_probe_data
+
+
+def _cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.mark.parametrize(
+    "classes,spread",
+    [
+        (1, 1.0),  # one class only: the probe must still predict it
+        (3, 0.2),  # well separated clusters
+        (7, 0.5),
+    ],
+)
+def test_fit_logistic_separates_clusters(classes: int, spread: float) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(classes, 16)) * 3
+    y = rng.integers(0, classes, 600)
+    x = centres[y] + rng.normal(size=(600, 16)) * spread
+    predict = fit_logistic(x[:400], y[:400], 7)
+    assert (predict(x[400:]) == y[400:]).mean() > 0.95
+
+
+def test_pretraining_checkpoint_encoder_is_loaded(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = build_model("affectline_mnv2_64", pretrained=False)
+    cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}}
+    meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, cfg, "t")
+    path = save_checkpoint(tmp_path / "p.pt", net, None, 0, cfg, meta, {})
+    loaded = load_encoder(str(path))
+    assert torch.equal(loaded.features[3].conv[0][0].weight, net.features[3].conv[0][0].weight)
+    assert not torch.equal(
+        load_encoder("imagenet").features[3].conv[0][0].weight, net.features[3].conv[0][0].weight
+    )
+
+
+@pytest.mark.parametrize("content,error", [(b"not a checkpoint", CheckpointError), (None, CheckpointError)])
+def test_bad_encoder_is_refused(tmp_path: Path, content: bytes | None, error: type[Exception]) -> None:
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match="x.pt"):
+        load_encoder(str(path))
+
+
+def test_probe_data_needs_a_training_part(tmp_path: Path) -> None:
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
+    (tmp_path / "m.csv").write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces))
+    with pytest.raises(ValueError, match="no labelled training images"):
+        load_probe_data([f"manifest:{tmp_path / 'm.csv'}"], 10)
+    with pytest.raises(ValueError, match="train_per_source=0"):
+        load_probe_data([f"manifest:{tmp_path / 'm.csv'}"], 0)
+
+
+def test_probe_cli_on_real_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = f"emotion6:{shared_path('data', 'emotion6')}"
+    argv = ["train", "probe", "imagenet", "--data", spec, "--train-per-source", "60", "--out", str(tmp_path)]
+    assert _cli([*argv, "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "probe.json").read_text())
+    result = report["results"]["imagenet"]
+    assert set(result) == {"person", "person+scene"}
+    assert result["person"]["emotion6"]["n"] == 323 and 0 <= result["person"]["emotion6"]["accuracy"] <= 1
+    assert "60 training and 323 test images" in capsys.readouterr().out
+    assert _cli(["train", "probe", str(tmp_path / "missing.pt"), "--data", spec, "--out", str(tmp_path)]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err

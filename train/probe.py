@@ -1,0 +1,180 @@
+"""Linear probing: how much emotion a (pre)trained encoder's frozen features carry, per view.
+
+The MAE paper's measure of a pretraining method, applied to UniEmoX's ablation ladder: the encoder is
+frozen, its global-average-pooled features of the person view (and optionally the scene view) are
+extracted once, and a multinomial logistic regression — the only thing trained — is fitted to the
+labelled training images and scored on each source's held-out test part. No fine-tuning run, so
+encoders pretrained with different losses are compared cheaply and without fine-tuning noise.
+
+Run: ``affectline train probe imagenet runs/pre/last.pt --data ferplus:DIR --data expw:DIR --out runs/probe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from train.checkpoint import load_checkpoint
+from train.data.dataset import DualViewDataset
+from train.data.records import CLASSES, Sample
+from train.data.sources import load_source
+from train.engine import Runtime, to_inputs
+from train.metrics import classification_report
+from train.models import build_model
+from train.models.dual_view import DualViewNet
+
+IMAGENET = "imagenet"  # the encoder as initialised from ImageNet MobileNetV2, before any of our training
+FEATURES = ("person", "person+scene")
+
+
+@dataclass
+class ProbeData:
+    """The probe's images, decoded once and shared by every encoder.
+
+    Attributes:
+        person: (N, 3, S, S) uint8 person views.
+        scene: (N, 3, S, S) uint8 scene views.
+        label: (N,) majority class.
+        source: (N,) source name.
+        train: (N,) True for the probe's training images, False for held-out test images.
+        skipped: Images that could not be read.
+    """
+
+    person: torch.Tensor
+    scene: torch.Tensor
+    label: np.ndarray
+    source: np.ndarray
+    train: np.ndarray
+    skipped: int
+
+
+def _labelled(samples: list[Sample]) -> list[Sample]:
+    return [s for s in samples if s.label >= 0 or s.dist is not None]
+
+
+def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> ProbeData:
+    """Labelled training images (at most ``train_per_source`` per source, drawn at random) and every
+    labelled test image of each source, as default-geometry views.
+
+    Raises:
+        ValueError: ``train_per_source`` < 1, or a source without labelled training images.
+    """
+    if train_per_source < 1:
+        raise ValueError(f"train_per_source={train_per_source}: must be >= 1")
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[Sample, bool]] = []
+    for spec in specs:
+        splits = load_source(spec)
+        train = _labelled(splits.train)
+        if not train:
+            raise ValueError(
+                f"data source {spec!r}: no labelled training images (the probe needs a source with its "
+                "own train/test split: ferplus, expw or emotion6)"
+            )
+        take = sorted(rng.permutation(len(train))[:train_per_source].tolist())
+        chosen += [(train[i], True) for i in take] + [(s, False) for s in _labelled(splits.test)]
+    ds = DualViewDataset([s for s, _ in chosen], DEFAULT_PERSON, DEFAULT_SCENE)
+    items = [ds[i] for i in range(len(ds))]
+    ok = [i for i, it in enumerate(items) if it["valid"]]
+    return ProbeData(
+        person=torch.stack([items[i]["person"] for i in ok]),
+        scene=torch.stack([items[i]["scene"] for i in ok]),
+        label=np.array([int(items[i]["dist"].argmax()) for i in ok]),
+        source=np.array([chosen[i][0].source for i in ok]),
+        train=np.array([chosen[i][1] for i in ok]),
+        skipped=len(items) - len(ok),
+    )
+
+
+def load_encoder(name: str) -> DualViewNet:
+    """``imagenet``, or the encoder (and view embedding) of a pretraining or fine-tuning checkpoint.
+
+    Raises:
+        CheckpointError: unreadable checkpoint (see ``load_checkpoint``).
+        ValueError: the checkpoint holds no encoder weights of this model family.
+    """
+    net = build_model("affectline_mnv2_64", pretrained=(name == IMAGENET))
+    assert isinstance(net, DualViewNet)
+    if name != IMAGENET:
+        state = load_checkpoint(name)["state_dict"]
+        own = net.state_dict()
+        take = {k: v for k, v in state.items() if k.startswith(("features.", "view_embed")) and k in own}
+        if not take or any(own[k].shape != v.shape for k, v in take.items()):
+            raise ValueError(f"{name}: no encoder weights of affectline_mnv2_64 in this checkpoint")
+        net.load_state_dict(take, strict=False)
+    return net.eval()
+
+
+@torch.no_grad()
+def extract(net: DualViewNet, data: ProbeData, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1280) pooled person features and (N, 1280) pooled scene features of the frozen encoder."""
+    rt = Runtime(torch.device("cpu"))
+    person, scene = [], []
+    for start in range(0, len(data.label), batch_size):
+        batch = slice(start, start + batch_size)
+        views = {"person": data.person[batch], "scene": data.scene[batch]}
+        p, s = net.pooled(*to_inputs(views, rt, None, None))
+        person.append(p.numpy())
+        scene.append(s.numpy())
+    return np.concatenate(person), np.concatenate(scene)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-3, iters: int = 100) -> Any:
+    """Multinomial logistic regression on standardised features, full-batch L-BFGS.
+
+    Args:
+        x: (N, D) training features.
+        y: (N,) class indices in [0, num_classes).
+        num_classes: Output classes.
+        l2: Weight decay on the weights (not the bias); fixed, so no test-set tuning enters the probe.
+        iters: L-BFGS iterations.
+
+    Returns:
+        A function (M, D) features → (M,) predicted classes.
+    """
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt = torch.as_tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_, b_ = w.detach(), b.detach()
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        zt = torch.as_tensor((z - mean) / std, dtype=torch.float32)
+        return (zt @ w_ + b_).argmax(1).numpy()
+
+    return predict
+
+
+def probe(net: DualViewNet, data: ProbeData) -> dict[str, dict[str, dict[str, float]]]:
+    """Test top-1 and macro-F1 per source, for person-only and person+scene features.
+
+    Returns:
+        ``{"person": {source: {"accuracy", "macro_f1", "n"}}, "person+scene": {...}}``.
+    """
+    person, scene = extract(net, data)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, x in (("person", person), ("person+scene", np.concatenate([person, scene], 1))):
+        predict = fit_logistic(x[data.train], data.label[data.train], len(CLASSES))
+        test = ~data.train
+        pred = predict(x[test])
+        out[name] = {}
+        for src in sorted(set(data.source[test].tolist())):
+            keep = data.source[test] == src
+            rep = classification_report(data.label[test][keep], pred[keep], CLASSES)
+            out[name][src] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n": rep["n"]}
+    return out
