@@ -71,6 +71,14 @@ def exposition(samples: Iterable[Sample]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+# Figures in ``stage_ms`` that are not on the frame path (threaded detector): their own summaries,
+# so that summing ``affectline_stage_seconds`` over stages still gives the frame's latency.
+OFF_PATH = {
+    "detect_thread": ("affectline_detector_thread_seconds", "detector run time in its own thread"),
+    "detect_age": ("affectline_detection_age_seconds", "age of the detections handed to the tracker"),
+}
+
+
 class AgentMetrics:
     """Per-camera pipeline figures, updated by the pipeline (cheap) and read at scrape time."""
 
@@ -119,9 +127,11 @@ class AgentMetrics:
                     for c, n in self._tracks.items()]  # fmt: skip
             for (camera, stage), (total, count) in self._stage.items():
                 labels = {"camera": camera, "stage": stage}
-                help_ = "pipeline stage latency"
-                out.append(Sample("affectline_stage_seconds_sum", total, labels, "summary", help_))
-                out.append(Sample("affectline_stage_seconds_count", count, labels, "summary", help_))
+                name, help_ = "affectline_stage_seconds", "pipeline stage latency on the frame path"
+                if stage in OFF_PATH:
+                    (name, help_), labels = OFF_PATH[stage], {"camera": camera}
+                out.append(Sample(f"{name}_sum", total, labels, "summary", help_))
+                out.append(Sample(f"{name}_count", count, labels, "summary", help_))
             for c, st in self._cameras.items():
                 cam = {"camera": c}
                 out += [

@@ -61,7 +61,8 @@ def test_agent_metrics_from_frames_and_status() -> None:
     metrics = AgentMetrics()
     for i, ms in enumerate([10.0, 30.0]):
         result = frame_result("cam", i, [(1, 0), (2, 1)][: i + 1])
-        metrics.observe_frame(dataclasses.replace(result, stage_ms={"detect": ms, "infer": 5.0}))
+        stage_ms = {"detect": ms, "infer": 5.0, "detect_thread": 60.0, "detect_age": 100.0 * (i + 1)}
+        metrics.observe_frame(dataclasses.replace(result, stage_ms=stage_ms))
     metrics.observe_camera(CameraStatus("cam", "reconnecting", fps=0.5, frames=40, drops=3))
     metrics.set_queue_depth("cam/frames", 2)
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in metrics.samples()}
@@ -72,6 +73,13 @@ def test_agent_metrics_from_frames_and_status() -> None:
         0.04
     )
     assert got[("affectline_stage_seconds_count", (("camera", "cam"), ("stage", "detect")))] == 2
+    # Off-path figures of a threaded detector get their own summaries, not a stage label.
+    assert {dict(k[1]).get("stage") for k in got if k[0] == "affectline_stage_seconds_sum"} == {
+        "detect",
+        "infer",
+    }
+    assert got[("affectline_detection_age_seconds_sum", cam)] == pytest.approx(0.3)
+    assert got[("affectline_detector_thread_seconds_count", cam)] == 2
     assert got[("affectline_camera_up", cam)] == 0.0 and got[("affectline_camera_drops_total", cam)] == 3
     assert got[("affectline_queue_depth", (("queue", "cam/frames"),))] == 2
     _check_format(exposition(metrics.samples()))
