@@ -182,6 +182,16 @@ class Preview(Strict):
     path: str | None = Field(None, description="annotated .mp4 per camera; '{camera}' is replaced")
     blur_faces: bool = False
     fps: float = Field(0, ge=0, le=240, description="0 = source fps")
+    segment_s: float = Field(
+        0, ge=0, le=86_400, description="start a new file every this many seconds of video (0 = one file)"
+    )
+    keep: int = Field(0, ge=0, le=100_000, description="segments kept per camera, oldest deleted (0 = all)")
+
+    @model_validator(mode="after")
+    def _keep_needs_segments(self) -> Preview:
+        if self.keep and not self.segment_s:
+            raise ValueError(f"keep={self.keep} needs segment_s > 0 (without segments there is one file)")
+        return self
 
 
 class Output(Strict):

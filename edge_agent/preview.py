@@ -67,7 +67,14 @@ def _va_bars(img: np.ndarray, origin: tuple[int, int], va: np.ndarray) -> None:
 
 
 class PreviewWriter:
-    """Writes an annotated .mp4 per camera (``{camera}`` in the path is replaced)."""
+    """Writes an annotated .mp4 per camera (``{camera}`` in the path is replaced).
+
+    With ``segment_s`` the video is cut into files of that many seconds of video, named
+    ``<stem>-<UTC start>-<n><suffix>``; each is finalised (playable) when the next starts, and with
+    ``keep`` only the newest ``keep`` segments of the camera stay on disk (older runs' included),
+    so a long-running agent's preview uses bounded disk and memory (the mp4 index of an open file
+    grows with every frame).
+    """
 
     def __init__(self, cfg: Preview, source_fps: dict[str, float]):
         if cfg.path is None:
@@ -76,30 +83,55 @@ class PreviewWriter:
         self.source_fps = source_fps
         self._writers: dict[str, cv2.VideoWriter] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
+        self._frames: dict[str, int] = {}
+        self._segments = 0
         self.paths: dict[str, Path] = {}
 
     def write(self, result: FrameResult) -> None:
         cam = result.frame.camera
         img = annotate(result, self.cfg.blur_faces)
+        if cam in self._writers and self._frames[cam] >= self._segment_frames(cam):
+            self._writers.pop(cam).release()
         writer = self._writers.get(cam)
         if writer is None:
-            writer = self._open(cam, img.shape[1], img.shape[0])
+            writer = self._open(cam, *self._sizes.get(cam, (img.shape[1], img.shape[0])))
         if (img.shape[1], img.shape[0]) != self._sizes[cam]:
             img = cv2.resize(img, self._sizes[cam])  # resolution changed mid-stream
         writer.write(img)
+        self._frames[cam] += 1
+
+    def _fps(self, cam: str) -> float:
+        return float(self.cfg.fps or self.source_fps.get(cam) or 25.0)
+
+    def _segment_frames(self, cam: str) -> float:
+        return self.cfg.segment_s * self._fps(cam) if self.cfg.segment_s else float("inf")
 
     def _open(self, cam: str, width: int, height: int) -> cv2.VideoWriter:
         assert self.cfg.path is not None
         path = Path(self.cfg.path.replace("{camera}", cam))
+        if self.cfg.segment_s:
+            self._segments += 1
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            path = path.with_name(f"{path.stem}-{stamp}-{self._segments:04d}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fps = self.cfg.fps or self.source_fps.get(cam) or 25.0
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (width, height))
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), self._fps(cam), (width, height))
         if not writer.isOpened():
             raise OSError(f"output.preview.path: cannot write video {str(path)!r}")
         self._writers[cam] = writer
         self._sizes[cam] = (width, height)
+        self._frames[cam] = 0
         self.paths[cam] = path
+        if self.cfg.keep:
+            self._prune(cam)
         return writer
+
+    def _prune(self, cam: str) -> None:
+        """Delete all but the newest ``keep`` segments of ``cam`` (names sort by start time)."""
+        assert self.cfg.path is not None
+        base = Path(self.cfg.path.replace("{camera}", cam))
+        pattern = f"{base.stem}-????????T??????Z-????{base.suffix}"
+        for old in sorted(base.parent.glob(pattern))[: -self.cfg.keep]:
+            old.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Finalise every file (writes the mp4 index, so the files are playable)."""

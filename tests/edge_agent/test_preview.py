@@ -65,6 +65,45 @@ def test_preview_file_is_playable(tmp_path: Path) -> None:
     assert ok and frame.shape == (120, 160, 3)
 
 
+@pytest.mark.parametrize(
+    "frames,keep,expected",
+    [
+        (1, 0, [1]),  # a single frame: one short segment
+        (10, 0, [10]),  # exactly one segment's worth: no empty second file
+        (35, 0, [10, 10, 10, 5]),
+        (35, 2, [10, 5]),  # the newest two remain
+    ],
+)
+def test_preview_segments_rotate_and_prune(
+    tmp_path: Path, frames: int, keep: int, expected: list[int]
+) -> None:
+    stale = tmp_path / "cam-20200101T000000Z-0001.mp4"  # a segment left by an earlier run
+    stale.write_bytes(b"old")
+    writer = PreviewWriter(
+        Preview(path=str(tmp_path / "{camera}.mp4"), segment_s=1, keep=keep), {"cam": 10.0}
+    )
+    for i in range(frames):
+        writer.write(smoothed_result(i, shape=(120, 160) if i < 15 else (240, 320)))  # resolution change
+    writer.close()
+    files = sorted(tmp_path.glob("cam-*.mp4"))
+    if not keep:
+        assert files[0] == stale
+        files = files[1:]
+    counts = [int(cv2.VideoCapture(str(f)).get(cv2.CAP_PROP_FRAME_COUNT)) for f in files]
+    assert counts == expected and writer.paths["cam"] == files[-1]
+    ok, frame = cv2.VideoCapture(str(files[-1])).read()
+    assert ok and frame.shape == (120, 160, 3)  # a camera keeps its first size across segments
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [({"keep": 3}, "keep=3 needs segment_s > 0"), ({"segment_s": -1}, "greater than or equal to 0")],
+)
+def test_preview_segment_config_is_checked(fields: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Preview(path="x.mp4", **fields)
+
+
 def test_preview_needs_a_path() -> None:
     with pytest.raises(ValueError, match="preview.path"):
         PreviewWriter(Preview(), {})
