@@ -199,7 +199,7 @@ class BudgetedLoop:
     sampler: Any
     meta: Any
     log_fields: tuple[str, ...]
-    select_metric: str = "accuracy"
+    select_metric: str | None = "accuracy"  # None: every epoch's weights replace best.pt
 
     def init_loop(self) -> None:
         self.out = Path(self.cfg.out)
@@ -377,7 +377,7 @@ class BudgetedLoop:
             **{k: v for k, v in metrics.items() if k in self.log_fields},
         }
         self._log(row)
-        score = metrics.get(self.select_metric)
+        score = metrics.get(self.select_metric) if self.select_metric else None
         improved = score is not None and score > self.state["best"]
         if improved:
             self.state["best"] = score

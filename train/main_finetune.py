@@ -147,7 +147,7 @@ class Finetuner(BudgetedLoop):
         self.val_set = DualViewDataset(self.splits.val, self.person, self.scene) if self.splits.val else None
         self.val_sources = np.array([v.source for v in self.splits.val])
         self.log_fields = (*LOG_FIELDS, *(f"val_acc_{s}" for s in sorted(set(self.val_sources.tolist()))))
-        self.select_metric = "val_mean_acc" if cfg.select == "mean_acc" else "accuracy"
+        self.select_metric = {"last": None, "mean_acc": "val_mean_acc", "accuracy": "accuracy"}[cfg.select]
         weights = balanced_weights(self.splits.train, cfg.class_power, cfg.source_weights)
         self.sampler = WeightedDistributedSampler(
             weights, len(self.splits.train), rt.rank, rt.world, cfg.seed

@@ -40,6 +40,7 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("ema_decay", 1.0, r"ema_decay=1.0 outside \[0, 1\)"),
         ("ema_decay", -0.5, "ema_decay"),
         ("select", "loss", "select='loss' not one of"),
+        ("select", "", "select='' not one of"),
     ],
 )
 def test_finetune_config_refuses_bad_values(field: str, value: object, match: str) -> None:

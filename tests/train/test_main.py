@@ -86,6 +86,34 @@ def test_best_holds_the_averaged_weights_and_resume_keeps_the_average(
 
 
 @pytest.mark.parametrize(
+    "select,column", [("last", None), ("mean_acc", "val_mean_acc"), ("accuracy", "val_acc")]
+)
+def test_best_follows_the_selection_rule(
+    tmp_path: Path, specs: list[str], select: str, column: str | None
+) -> None:
+    cfg = FinetuneConfig(
+        data=specs,
+        out=str(tmp_path),
+        max_samples=16,
+        batch_size=8,
+        threads=1,
+        warmup_steps=1,
+        epochs=3,
+        select=select,
+        lr=0.05,  # a large rate, so that the epochs' scores differ
+    )
+    finetune(cfg)
+    rows = _rows(tmp_path / "log.csv")
+    best = load_checkpoint(tmp_path / "best.pt")["extra"]["metrics"]
+    if column is None:
+        assert best["val_mean_acc"] == pytest.approx(float(rows[-1]["val_mean_acc"]))
+    else:
+        first_best = max(rows, key=lambda r: float(r[column]))  # max() keeps the first of equals
+        assert best[column] == pytest.approx(float(first_best[column]))
+        assert best["val_mean_acc"] == pytest.approx(float(first_best["val_mean_acc"]))
+
+
+@pytest.mark.parametrize(
     "labels,preds,sources,expected",
     [
         ([-1, -1], [0, 1], ["a", "b"], {}),  # nothing labelled: no mean to select on
