@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.config import FinetuneConfig, PretrainConfig
 from train.data.augment import AugmentConfig, photometric
 from train.data.sources import Splits, as_train, load_source
@@ -225,6 +225,14 @@ class BudgetedLoop:
     def heads(self) -> dict[str, nn.Module]:
         return {}
 
+    def restart_head(self, name: str) -> None:
+        """Re-create head ``name`` from the resumed weights (a checkpoint written without it).
+
+        Raises:
+            CheckpointError: the loop cannot restart that head.
+        """
+        raise CheckpointError(f"{self.out / 'last.pt'} has no {name!r} state; resume into a new --out")
+
     def train_step(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
 
@@ -299,8 +307,14 @@ class BudgetedLoop:
             return
         blob = load_checkpoint(last)
         self.net.load_state_dict(blob["state_dict"])
+        saved = blob["extra"]["heads"]
         for k, m in self.heads().items():
-            m.load_state_dict(blob["extra"]["heads"][k])
+            if k in saved:
+                m.load_state_dict(saved[k])
+            else:
+                self.restart_head(k)
+                if self.rt.main:
+                    print(f"{last} has no {k!r} state (written without it): {k} restarts here", flush=True)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.state.update(blob["extra"]["state"])
         if self.rt.main:

@@ -169,6 +169,11 @@ class Finetuner(BudgetedLoop):
     def heads(self) -> dict[str, torch.nn.Module]:
         return {"ema": self.ema} if self.ema is not None else {}
 
+    def restart_head(self, name: str) -> None:
+        """The weight average restarts from the resumed weights (``last.pt`` from a run without it)."""
+        assert name == "ema" and self.ema is not None
+        self.ema = WeightEma(self.net, self.cfg.ema_decay)
+
     def selected_net(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.net
 
