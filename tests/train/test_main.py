@@ -85,6 +85,14 @@ def test_best_holds_the_averaged_weights_and_resume_keeps_the_average(
     assert int(load_checkpoint(tmp_path / "last.pt")["extra"]["heads"]["ema"]["updates"]) == 3
 
 
+def test_resume_without_saved_average_restarts_it(tmp_path: Path, specs: list[str]) -> None:
+    common = {"data": specs, "out": str(tmp_path), "max_samples": 16, "batch_size": 8, "threads": 1}
+    finetune(FinetuneConfig(**common, warmup_steps=1, epochs=1, ema_decay=0.0))
+    finetune(FinetuneConfig(**common, warmup_steps=1, epochs=2))  # the average switched on midway
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert int(last["extra"]["heads"]["ema"]["updates"]) == 2  # the second epoch's steps only
+
+
 @pytest.mark.parametrize(
     "select,column", [("last", None), ("mean_acc", "val_mean_acc"), ("accuracy", "val_acc")]
 )
