@@ -129,6 +129,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return blob
 
 
+def load_matching_weights(model: nn.Module, path: str | Path) -> set[str]:
+    """Initialise ``model`` from a pretraining or fine-tuning checkpoint: every weight whose name and
+    shape match is taken, the rest keep their values.
+
+    Returns:
+        The names of the parameters and buffers that were loaded.
+
+    Raises:
+        CheckpointError: see ``load_checkpoint``; also a checkpoint with no matching encoder weights.
+    """
+    blob = load_checkpoint(path)
+    own = model.state_dict()
+    take = {k: v for k, v in blob["state_dict"].items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("features.") for k in take):
+        raise CheckpointError(f"{path}: no encoder weights match model {blob.get('model')!r}")
+    model.load_state_dict(take, strict=False)
+    return set(take)
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model of a checkpoint in eval mode, with its agent metadata.
 

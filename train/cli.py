@@ -104,7 +104,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     import torch
 
-    from train.probe import load_encoder, load_probe_data, probe
+    from train.probe import IMAGENET, load_encoder, load_probe_data, probe
 
     torch.set_num_threads(args.threads)
     encoders = [(name, load_encoder(name)) for name in args.encoders]  # bad names fail before the slow part
@@ -129,7 +129,7 @@ def _probe(args: argparse.Namespace) -> int:
         "data": args.data,
         "train_per_source": args.train_per_source,
         "seed": args.seed,
-        "encoders": {n: _provenance(n) if n != "imagenet" else n for n in args.encoders},
+        "encoders": {n: _provenance(n) if n != IMAGENET else n for n in args.encoders},
         "results": results,
     }
     (out / "probe.json").write_text(json.dumps(report, indent=2))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from train.checkpoint import load_checkpoint, make_meta
+from train.checkpoint import load_matching_weights, make_meta
 from train.config import AugmentConfig, FinetuneConfig, finetune_args, merge_config
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES
@@ -154,7 +154,7 @@ class Finetuner(BudgetedLoop):
         )
         self.net = build_model(cfg.model, **cfg.model_kwargs)
         channels_last(self.net)
-        loaded = _load_encoder(self.net, cfg.init) if cfg.init else set()
+        loaded = load_matching_weights(self.net, cfg.init) if cfg.init else set()
         if "va_head.bias" not in loaded:
             # A warm start from a fine-tuned checkpoint keeps its learned VA head.
             self._init_va_head()
@@ -235,21 +235,6 @@ class Finetuner(BudgetedLoop):
             "val_macro_f1": report["macro_f1"],
             "val_n": report["n"],
         }
-
-
-def _load_encoder(model: torch.nn.Module, path: str) -> set[str]:
-    """Initialise from a pretraining (or fine-tuned) checkpoint: take every weight whose name and shape match.
-
-    Returns:
-        The names of the parameters and buffers that were loaded.
-    """
-    blob = load_checkpoint(path)
-    own = model.state_dict()
-    take = {k: v for k, v in blob["state_dict"].items() if k in own and own[k].shape == v.shape}
-    if not any(k.startswith("features.") for k in take):
-        raise ValueError(f"--init {path}: no encoder weights match model {blob.get('model')!r}")
-    model.load_state_dict(take, strict=False)
-    return set(take)
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:

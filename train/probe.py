@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_matching_weights
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES, Sample
 from train.data.sources import load_source
@@ -92,21 +92,16 @@ def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> P
 
 
 def load_encoder(name: str) -> DualViewNet:
-    """``imagenet``, or the encoder (and view embedding) of a pretraining or fine-tuning checkpoint.
+    """``imagenet``, or the network with the weights of a pretraining or fine-tuning checkpoint (the
+    probe uses its encoder and view embedding only).
 
     Raises:
-        CheckpointError: unreadable checkpoint (see ``load_checkpoint``).
-        ValueError: the checkpoint holds no encoder weights of this model family.
+        CheckpointError: unreadable checkpoint, or one without encoder weights of this model family.
     """
     net = build_model("affectline_mnv2_64", pretrained=(name == IMAGENET))
     assert isinstance(net, DualViewNet)
     if name != IMAGENET:
-        state = load_checkpoint(name)["state_dict"]
-        own = net.state_dict()
-        take = {k: v for k, v in state.items() if k.startswith(("features.", "view_embed")) and k in own}
-        if not take or any(own[k].shape != v.shape for k, v in take.items()):
-            raise ValueError(f"{name}: no encoder weights of affectline_mnv2_64 in this checkpoint")
-        net.load_state_dict(take, strict=False)
+        load_matching_weights(net, name)
     return net.eval()
 
 
