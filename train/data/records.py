@@ -9,6 +9,8 @@ returned ``ReadReport``, never silently dropped.
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,8 @@ class Sample:
         pixels: (H, W) uint8 image when the format stores pixels inline (FER2013 CSV).
         tight_face: The image is itself a tight face crop with no context (FER2013/FER+).
         origin: ``file:line`` of the record that produced the sample, for error messages.
+        split: The official split the record belongs to (``train``/``val``/``test``) when the format
+            names one (FER2013 ``Usage``); empty when it does not.
     """
 
     image: str
@@ -70,6 +74,7 @@ class Sample:
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     tight_face: bool = False
     origin: str = ""
+    split: str = ""
 
 
 @dataclass
@@ -90,10 +95,31 @@ class ReadReport:
         return ", ".join(parts)
 
 
-def _require(path: Path, what: str) -> Path:
+def _require(path: Path, what: str, kind: str = "") -> Path:
+    """``path`` if it exists (and is a ``kind`` of ``file``/``dir`` when given).
+
+    Raises:
+        DataError: it does not exist, or is a folder where a file is needed or the reverse.
+    """
     if not path.exists():
         raise DataError(f"{what}: {path} does not exist")
+    if kind == "file" and not path.is_file():
+        raise DataError(f"{what}: {path} is a folder; expected a file")
+    if kind == "dir" and not path.is_dir():
+        raise DataError(f"{what}: {path} is a file; expected a folder")
     return path
+
+
+def finite_floats(values: Iterable[str]) -> list[float]:
+    """Parse numbers, refusing NaN and infinities (they pass every range check unnoticed).
+
+    Raises:
+        ValueError: a value is not a number or not finite.
+    """
+    out = [float(v) for v in values]
+    if not all(math.isfinite(x) for x in out):
+        raise ValueError(f"not finite: {out}")
+    return out
 
 
 def ferplus_votes_to_dist(votes: np.ndarray) -> np.ndarray | None:
@@ -125,10 +151,10 @@ def read_ferplus_folder(
         exclude: Relative names ``<folder name>/<file>`` to leave out (e.g. train duplicates).
     """
     folder = Path(folder)
-    label_csv = _require(Path(folder) / "label.csv", "FER+ folder")
+    label_csv = _require(Path(folder) / "label.csv", "FER+ folder", "file")
     report = ReadReport(f"ferplus:{folder.name}")
     samples = []
-    with open(label_csv, newline="") as fh:
+    with open(label_csv, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             where = f"{label_csv}:{lineno}"
             if len(row) != 12:
@@ -137,9 +163,11 @@ def read_ferplus_folder(
                 report.skip("duplicate of a train image", where)
                 continue
             try:
-                votes = np.array([float(v) for v in row[2:]], np.float32)
+                votes = np.array(finite_floats(row[2:]), np.float32)
             except ValueError:
-                raise DataError(f"{where}: vote counts must be numbers, got {row[2:]}") from None
+                raise DataError(f"{where}: vote counts must be finite numbers, got {row[2:]}") from None
+            if votes.min() < 0:
+                raise DataError(f"{where}: vote counts must not be negative, got {row[2:]}")
             dist = ferplus_votes_to_dist(votes)
             if dist is None:
                 report.skip("no vote in the 7 classes", where)
@@ -150,13 +178,12 @@ def read_ferplus_folder(
                 continue
             samples.append(
                 Sample(
-                    str(path),
-                    None,
-                    ferplus_majority(votes),
-                    tuple(dist.tolist()),
-                    None,
-                    "ferplus",
+                    image=str(path),
+                    label=ferplus_majority(votes),
+                    dist=tuple(dist.tolist()),
+                    source="ferplus",
                     tight_face=True,
+                    origin=where,
                 )
             )
     report.kept = len(samples)
@@ -166,35 +193,46 @@ def read_ferplus_folder(
 def read_ferplus_duplicates(csv_path: Path | str) -> set[str]:
     """Valid/Test images with a copy in Train (``test_val_images_duplicated_in_train.csv``)."""
     path = _require(Path(csv_path), "FER+ duplicates file")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "eval_image" not in reader.fieldnames:
             raise DataError(f"{path}:1: header must contain 'eval_image'")
         return {row["eval_image"] for row in reader}
 
 
+# FER2013's Usage column: Training, PublicTest (the FER+ Valid images), PrivateTest (FER+ Test).
+FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+
+
 def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[list[Sample], ReadReport]:
-    """Kaggle ``fer2013.csv`` (emotion, pixels, Usage); pixels are kept inline.
+    """Kaggle ``fer2013.csv`` (emotion, pixels[, Usage]); pixels are kept inline.
+
+    Each sample's ``split`` follows its ``Usage`` (``FER2013_USAGE``), so a training run never
+    trains on the PublicTest/PrivateTest rows; without a ``Usage`` column it stays empty.
 
     Args:
         csv_path: The CSV file.
         usage: Keep only rows with this ``Usage`` (``Training``, ``PublicTest``, ``PrivateTest``).
     """
-    path = _require(Path(csv_path), "FER2013 CSV")
+    path = _require(Path(csv_path), "FER2013 CSV", "file")
     report = ReadReport("fer2013")
     samples = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         need = {"emotion", "pixels"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
             raise DataError(f"{path}:1: header must contain {sorted(need)}, got {reader.fieldnames}")
+        has_usage = "Usage" in reader.fieldnames
         for lineno, row in enumerate(reader, 2):
             where = f"{path}:{lineno}"
             if usage and row.get("Usage") != usage:
                 continue
+            if has_usage and row.get("Usage") not in FER2013_USAGE:
+                report.skip(f"Usage not one of {sorted(FER2013_USAGE)}", where)
+                continue
             try:
                 label = int(row["emotion"])
-                pix = np.array(row["pixels"].split(), np.uint8)
+                pix = np.array([int(v) for v in row["pixels"].split()], np.int64)
             except (ValueError, AttributeError):
                 report.skip("unparsable emotion or pixels", where)
                 continue
@@ -204,16 +242,18 @@ def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[li
             if pix.size != 48 * 48:
                 report.skip("pixels are not 48x48", where)
                 continue
+            if pix.min() < 0 or pix.max() > 255:
+                report.skip("pixel value outside 0..255", where)
+                continue
             samples.append(
                 Sample(
-                    f"{path}#{lineno}",
-                    None,
-                    label,
-                    None,
-                    None,
-                    "fer2013",
-                    pixels=pix.reshape(48, 48),
+                    image=f"{path}#{lineno}",
+                    label=label,
+                    source="fer2013",
+                    pixels=pix.astype(np.uint8).reshape(48, 48),
                     tight_face=True,
+                    origin=where,
+                    split=FER2013_USAGE[row["Usage"]] if has_usage else "",
                 )
             )
     report.kept = len(samples)
@@ -225,7 +265,7 @@ def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[
 
     Folder names must be in ``CLASSES``; other folders raise so a typo cannot silently drop a class.
     """
-    root = _require(Path(root), "image folder root")
+    root = _require(Path(root), "image folder root", "dir")
     report = ReadReport(f"folder:{root.name}")
     samples = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -242,10 +282,10 @@ def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[
 def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
     """ExpW ``label.lst``: ``image face_id top left right bottom confidence label`` per face."""
     root = Path(root)
-    lst = _require(root / "label.lst", "ExpW root")
+    lst = _require(root / "label.lst", "ExpW root", "file")
     report = ReadReport("expw")
     samples = []
-    with open(lst) as fh:
+    with open(lst, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{lst}:{lineno}"
             parts = line.split()
@@ -256,10 +296,10 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
                     f"{where}: expected 8 fields (image face_id top left right bottom conf label)"
                 )
             try:
-                top, left, right, bottom = (float(v) for v in parts[2:6])
+                top, left, right, bottom = finite_floats(parts[2:6])
                 label = int(parts[7])
             except ValueError:
-                report.skip("unparsable box or label", where)
+                report.skip("unparsable or non-finite box, or unparsable label", where)
                 continue
             if not 0 <= label < len(CLASSES):
                 report.skip(f"label outside 0..{len(CLASSES) - 1}", where)
@@ -282,10 +322,10 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
 def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
     """Emotion6 ``ground_truth.txt``: image, valence 1–9, arousal 1–9, 7-way rater distribution."""
     root = Path(root)
-    gt = _require(root / "ground_truth.txt", "Emotion6 root")
+    gt = _require(root / "ground_truth.txt", "Emotion6 root", "file")
     report = ReadReport("emotion6")
     samples = []
-    with open(gt) as fh:
+    with open(gt, encoding="utf-8") as fh:
         header = fh.readline().rstrip("\n").split("\t")
         if len(header) != 10:
             raise DataError(f"{gt}:1: expected 10 tab-separated columns, got {len(header)}")
@@ -296,9 +336,9 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
                 report.skip("not 10 tab-separated fields", where)
                 continue
             try:
-                v, a, *dist = (float(x) for x in parts[1:])
+                v, a, *dist = finite_floats(parts[1:])
             except ValueError:
-                report.skip("unparsable number", where)
+                report.skip("unparsable or non-finite number", where)
                 continue
             if not (1 <= v <= 9 and 1 <= a <= 9) or min(dist) < 0 or sum(dist) <= 0:
                 report.skip("valence/arousal outside 1..9 or invalid distribution", where)
@@ -310,12 +350,12 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
             d = np.array(dist, np.float32) / sum(dist)
             samples.append(
                 Sample(
-                    str(path),
-                    None,
-                    int(np.argmax(d)),
-                    tuple(d.tolist()),
-                    ((v - 5) / 4, (a - 5) / 4),
-                    "emotion6",
+                    image=str(path),
+                    label=int(np.argmax(d)),
+                    dist=tuple(d.tolist()),
+                    va=((v - 5) / 4, (a - 5) / 4),
+                    source="emotion6",
+                    origin=where,
                 )
             )
     report.kept = len(samples)
@@ -329,10 +369,10 @@ def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     index, empty for unlabelled; the box (all four or none) anchors the views, none = whole image.
     Box validity against the image size is checked when the image is loaded.
     """
-    path = _require(Path(csv_path), "manifest")
+    path = _require(Path(csv_path), "manifest", "file")
     report = ReadReport(f"manifest:{path.name}")
     samples = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         missing = [c for c in ("image", "label") if c not in cols]
@@ -358,10 +398,10 @@ def _manifest_row(row: dict[str, str], lineno: int, path: Path, has_box: bool) -
     box = None
     if has_box and any(row.get(c) for c in ("x1", "y1", "x2", "y2")):
         try:
-            x1, y1, x2, y2 = (float(row[c]) for c in ("x1", "y1", "x2", "y2"))
+            x1, y1, x2, y2 = finite_floats(row[c] for c in ("x1", "y1", "x2", "y2"))
         except (TypeError, ValueError):
             raise DataError(
-                f"{where}: box x1,y1,x2,y2 must be numbers, got "
+                f"{where}: box x1,y1,x2,y2 must be finite numbers, got "
                 f"{[row.get(c) for c in ('x1', 'y1', 'x2', 'y2')]}"
             ) from None
         if x2 <= x1 or y2 <= y1:
@@ -383,7 +423,7 @@ def _parse_label(text: str, where: str) -> int:
 
 def read_unlabelled(root: Path | str) -> tuple[list[Sample], ReadReport]:
     """All images under a folder (recursively), unlabelled, for pretraining."""
-    root = _require(Path(root), "unlabelled image folder")
+    root = _require(Path(root), "unlabelled image folder", "dir")
     report = ReadReport(f"unlabelled:{root.name}")
     samples = [
         Sample(str(p), None, -1, None, None, "unlabelled")
@@ -402,7 +442,7 @@ def read_video(path: Path | str, every: int = 10, max_frames: int = 500) -> tupl
     """
     import cv2
 
-    path = _require(Path(path), "video")
+    path = _require(Path(path), "video", "file")
     cap = cv2.VideoCapture(str(path))
     report = ReadReport(f"video:{path.name}")
     samples: list[Sample] = []

@@ -48,17 +48,27 @@ class Splits:
         self.reports += other.reports
 
 
+# Kinds whose path is one file; the others name a folder.
+FILE_KINDS = ("fer2013csv", "manifest", "video")
+
+
 def parse_spec(spec: str) -> tuple[str, Path]:
     """``kind:path`` → (kind, path).
 
     Raises:
-        DataError: unknown kind or missing path.
+        DataError: unknown kind, missing path, or a folder where the kind reads a file (or the reverse).
     """
     kind, sep, path = spec.partition(":")
     if not sep or kind not in KINDS or not path:
         raise DataError(f"data source {spec!r}: expected <kind>:<path> with kind in {KINDS}")
     if not Path(path).exists():
         raise DataError(f"data source {spec!r}: path {path} does not exist")
+    want_file = kind in FILE_KINDS
+    if Path(path).is_file() != want_file:
+        raise DataError(
+            f"data source {spec!r}: {path} is a {'file' if Path(path).is_file() else 'folder'}; "
+            f"{kind} reads a {'file' if want_file else 'folder'}"
+        )
     return kind, Path(path)
 
 
@@ -70,11 +80,12 @@ def load_source(
     FER+ uses its official Train/Valid/Test (Valid/Test images duplicated in Train removed);
     ExpW and Emotion6 are split by image: ``test_fraction`` of the images to test, then
     ``val_fraction`` (of all images) from the rest to val, so the test part does not depend on
-    ``val_fraction``. The other kinds go entirely to ``test`` when used for evaluation and to
-    ``train`` otherwise (see ``as_train``).
+    ``val_fraction``. FER2013 CSV rows follow their ``Usage`` column. The other kinds go entirely
+    to ``test`` when used for evaluation and to ``train`` otherwise (see ``as_train``).
 
     Raises:
-        DataError: fractions outside [0, 1) or summing to 1 or more; the path does not exist.
+        DataError: fractions outside [0, 1) or summing to 1 or more; the path does not exist or
+            cannot be read (permissions, not UTF-8 text).
     """
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise DataError(
@@ -100,7 +111,10 @@ def load_source(
         "unlabelled": read_unlabelled,
         "video": read_video,
     }
-    samples, report = readers[kind](path)
+    try:
+        samples, report = readers[kind](path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data source {spec!r}: cannot read {path}: {exc}") from None
     out.reports.append(report)
     if kind in ("expw", "emotion6"):
         out.train, out.test = split_by_image(samples, test_fraction, split_seed)
@@ -108,13 +122,21 @@ def load_source(
             share = val_fraction / (1 - test_fraction)
             out.train, out.val = split_by_image(out.train, share, split_seed, salt="val:")
     else:
-        out.test = samples
+        # Records that name their official split (FER2013 Usage) keep it; the rest count as test.
+        for s in samples:
+            getattr(out, s.split or "test").append(s)
     return out
 
 
 def as_train(splits: Splits, spec: str) -> Splits:
-    """For generic sources (no own split) used in training, move their samples to ``train``."""
+    """For generic sources used in training, move their samples without an official split to
+    ``train``; samples that name one (FER2013 PublicTest/PrivateTest rows) stay where they are."""
     kind, _ = parse_spec(spec)
     if kind in ("ferplus", "expw", "emotion6"):
         return splits
-    return Splits(train=splits.test, reports=splits.reports)
+    return Splits(
+        train=splits.train + [s for s in splits.test if not s.split],
+        val=splits.val,
+        test=[s for s in splits.test if s.split],
+        reports=splits.reports,
+    )

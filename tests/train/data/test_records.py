@@ -25,7 +25,7 @@ from train.data.records import (
     read_unlabelled,
     read_video,
 )
-from train.data.sources import load_source, parse_spec
+from train.data.sources import as_train, load_source, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,9 @@ def _write(path: Path, text: str) -> Path:
         ("image,label\na.png,joyful\n", r"manifest.csv:2: label 'joyful' not in"),
         ("image,label\na.png,9\n", "label '9' not in"),
         ("image,label,x1,y1,x2,y2\na.png,happy,10,10,5,20\n", r"manifest.csv:2: box .* is empty"),
-        ("image,label,x1,y1,x2,y2\na.png,happy,a,b,c,d\n", "must be numbers"),
+        ("image,label,x1,y1,x2,y2\na.png,happy,a,b,c,d\n", "must be finite numbers"),
+        ("image,label,x1,y1,x2,y2\na.png,happy,nan,10,50,60\n", r"manifest.csv:2: box .* finite numbers"),
+        ("image,label,x1,y1,x2,y2\na.png,happy,10,10,inf,60\n", r"manifest.csv:2: box .* finite numbers"),
         ("image,label\n,happy\n", "empty 'image'"),
     ],
 )
@@ -204,6 +206,93 @@ def test_fer2013_csv(tmp_path: Path) -> None:
     assert sum(len(v) for v in rep.skipped.values()) == 2
     with pytest.raises(DataError, match="header must contain"):
         read_fer2013_csv(_write(tmp_path / "bad.csv", "a,b\n1,2\n"))
+
+
+def test_fer2013_csv_pixels_outside_0_255_are_skipped_not_wrapped(tmp_path: Path) -> None:
+    good = " ".join(["7"] * 2304)
+    path = _write(
+        tmp_path / "fer2013.csv",
+        f"emotion,pixels\n3,{good}\n3,256 {' '.join(['7'] * 2303)}\n3,-1 {' '.join(['7'] * 2303)}\n",
+    )
+    samples, rep = read_fer2013_csv(path)
+    assert len(samples) == 1 and samples[0].split == ""
+    assert rep.skipped == {"pixel value outside 0..255": [f"{path}:3", f"{path}:4"]}
+
+
+def test_fer2013_csv_rows_follow_their_usage(tmp_path: Path) -> None:
+    """PublicTest/PrivateTest are the FER+ Valid/Test images: they must never land in training."""
+    good = " ".join(["7"] * 2304)
+    rows = ["Training", "Training", "PublicTest", "PrivateTest", "Other"]
+    body = "".join(f"{i % 7},{good},{u}\n" for i, u in enumerate(rows))
+    path = _write(tmp_path / "fer2013.csv", f"emotion,pixels,Usage\n{body}")
+    splits = load_source(f"fer2013csv:{path}")
+    assert [len(splits.train), len(splits.val), len(splits.test)] == [2, 1, 1]
+    trained = as_train(splits, f"fer2013csv:{path}")
+    assert [len(trained.train), len(trained.val), len(trained.test)] == [2, 1, 1]
+    assert {s.origin for s in trained.test} == {f"{path}:5"}
+    assert splits.reports[0].skipped == {
+        "Usage not one of ['PrivateTest', 'PublicTest', 'Training']": [f"{path}:6"]
+    }
+
+
+@pytest.mark.parametrize(
+    "spec_kind,make,match",
+    [
+        ("manifest", "dir", "is a folder; manifest reads a file"),
+        ("fer2013csv", "dir", "is a folder; fer2013csv reads a file"),
+        ("video", "dir", "is a folder; video reads a file"),
+        ("folder", "file", "is a file; folder reads a folder"),
+        ("expw", "file", "is a file; expw reads a folder"),
+        ("unlabelled", "file", "is a file; unlabelled reads a folder"),
+    ],
+)
+def test_source_path_of_the_wrong_kind_is_refused(
+    tmp_path: Path, spec_kind: str, make: str, match: str
+) -> None:
+    target = tmp_path / "x"
+    if make == "dir":
+        target.mkdir()
+    else:
+        target.write_text("x")
+    with pytest.raises(DataError, match=match):
+        load_source(f"{spec_kind}:{target}")
+
+
+def test_manifest_not_utf8_names_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"image,label\n\xff\xfe.png,happy\n")
+    with pytest.raises(DataError, match=r"data source 'manifest:.*m.csv': cannot read .*m.csv: 'utf-8'"):
+        load_source(f"manifest:{path}")
+
+
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        ("a.jpg\t5\t5\tnan\t0\t0\t0\t1\t0\t0\n", "unparsable or non-finite number"),
+        ("a.jpg\tinf\t5\t0\t0\t0\t1\t0\t0\t0\n", "unparsable or non-finite number"),
+    ],
+)
+def test_emotion6_non_finite_numbers_are_skipped(tmp_path: Path, line: str, reason: str) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"x")
+    header = "\t".join(["[image_filename]", "[valence]", "[arousal]", *"abcdefg"]) + "\n"
+    _write(tmp_path / "ground_truth.txt", header + line)
+    samples, rep = read_emotion6(tmp_path)
+    assert samples == [] and list(rep.skipped) == [reason]
+
+
+def test_expw_non_finite_box_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Images" / "a.jpg").write_bytes(b"x")
+    _write(tmp_path / "label.lst", "a.jpg 0 nan 2 30 40 50.0 3\n")
+    samples, rep = read_expw(tmp_path)
+    assert samples == [] and list(rep.skipped) == ["unparsable or non-finite box, or unparsable label"]
+
+
+def test_ferplus_non_finite_votes_name_file_and_line(tmp_path: Path) -> None:
+    _write(tmp_path / "label.csv", 'a.png,"(0, 0, 48, 48)",nan,0,0,0,0,0,0,0,0,0\n')
+    with pytest.raises(DataError, match=r"label.csv:1: vote counts must be finite numbers"):
+        read_ferplus_folder(tmp_path)
 
 
 def test_image_folder(tmp_path: Path) -> None:
