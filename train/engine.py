@@ -26,6 +26,7 @@ from tqdm import tqdm
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.config import FinetuneConfig, PretrainConfig
 from train.data.augment import AugmentConfig, photometric
+from train.data.records import DataError
 from train.data.sources import Splits, as_train, load_source
 from train.models import IMAGENET_MEAN, IMAGENET_STD
 from train.schedules import budget_cosine, warmup_cosine
@@ -178,9 +179,33 @@ def predict(model: nn.Module, loader: DataLoader, rt: Runtime) -> dict[str, np.n
     }
 
 
+# Settings a resumed run may change: where and how long it runs, not what it trains (switching the
+# weight average on restarts it from the resumed weights, see `restart_head`).
+RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "budget_minutes", "epochs", "max_steps", "threads", "workers"}
+    | {"checkpoint_minutes", "select", "ema_decay"}
+)
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for each setting outside `RESUMABLE_CHANGES` that differs.
+
+    A key the saved config lacks (written before the setting existed) counts as unchanged.
+    """
+    return [
+        f"{k}: {saved[k]!r} -> {current[k]!r}"
+        for k in sorted(current)
+        if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]
+    ]
+
+
 class BudgetedLoop:
     """Epoch loop shared by pretraining and fine-tuning: time budget or step limit, mid-epoch
-    checkpoints every ``checkpoint_minutes`` with exact resume, CSV log, ``best.pt`` selection.
+    checkpoints every ``checkpoint_minutes``, CSV log, ``best.pt`` selection.
+
+    A resumed run continues at the same step of the same draw order with the same weights, optimizer
+    and schedule; its augmentation draws after that step differ from an uninterrupted run's. It
+    refuses a ``last.pt`` written with another config (`RESUMABLE_CHANGES` may differ).
 
     Subclasses set ``cfg`` (fields: out, epochs, budget_minutes, max_steps, batch_size, workers, seed,
     checkpoint_minutes, resume, lr, min_lr, warmup_steps), ``rt``, ``net`` (the bare network that is
@@ -212,8 +237,10 @@ class BudgetedLoop:
             "global_step": 0,
             "best": -float("inf"),
             "elapsed_s": 0.0,
+            "skipped_images": 0,
         }
         self.totals: dict[str, float] = {}
+        self.synced_progress = 0.0
 
     def announce(self, line: str) -> None:
         """On the main rank, print what each data reader kept and skipped, then ``line``."""
@@ -247,24 +274,27 @@ class BudgetedLoop:
         return self.elapsed0 + time.time() - self.t_start
 
     def progress(self) -> float:
-        """Elapsed fraction of the time budget (0 when the run has no budget)."""
+        """Elapsed fraction of the time budget on this rank's clock (0 when the run has no budget)."""
         return self.elapsed() / (self.cfg.budget_minutes * 60) if self.cfg.budget_minutes else 0.0
 
     def out_of_steps(self) -> bool:
-        """The step limit or the time budget is used up."""
+        """The step limit or the time budget is used up (called by every rank before each step)."""
         if self.cfg.max_steps and self.state["global_step"] >= self.cfg.max_steps:
             return True
         if not self.cfg.budget_minutes:
             return False
-        done = torch.tensor([float(self.progress() >= 1)], device=self.rt.device)
+        prog = torch.tensor([self.progress()], dtype=torch.float64, device=self.rt.device)
         if self.rt.world > 1:
-            # Clocks differ between ranks; all must stop at the same step or the next all-reduce hangs.
-            dist.all_reduce(done, op=dist.ReduceOp.MAX)
-        return bool(done.item())
+            # Clocks differ between ranks: rank 0's decides both the stop (or the next all-reduce
+            # hangs) and the learning rate (or the replicas' weights drift apart).
+            dist.broadcast(prog, 0)
+        self.synced_progress = float(prog.item())
+        return self.synced_progress >= 1
 
     def lr_at(self, step: int) -> float:
         if self.cfg.budget_minutes:
-            return budget_cosine(step, self.progress(), self.cfg.warmup_steps, self.cfg.lr, self.cfg.min_lr)
+            cfg = self.cfg
+            return budget_cosine(step, self.synced_progress, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         total = max(1, int(self.cfg.epochs) * self.steps_per_epoch)
         if self.cfg.max_steps:
             total = min(total, self.cfg.max_steps)
@@ -302,10 +332,22 @@ class BudgetedLoop:
             )
 
     def resume(self) -> None:
+        """Continue from ``out/last.pt`` when resuming is on and it exists.
+
+        Raises:
+            CheckpointError: it was written with a config that differs in more than
+                `RESUMABLE_CHANGES` (another model, data, batch size, recipe).
+        """
         last = self.out / "last.pt"
         if not (self.cfg.resume and last.exists()):
             return
         blob = load_checkpoint(last)
+        changed = config_changes(blob.get("config", {}), self.resolved())
+        if changed:
+            raise CheckpointError(
+                f"{last}: written with another config ({'; '.join(changed)}); resuming would mix two runs. "
+                f"Use a new --out, or --no-resume to start over in {self.out}"
+            )
         self.net.load_state_dict(blob["state_dict"])
         saved = blob["extra"]["heads"]
         for k, m in self.heads().items():
@@ -331,10 +373,17 @@ class BudgetedLoop:
         row: dict[str, Any] = {}
         while self.state["epoch"] < self.cfg.epochs and not self.out_of_steps():
             row = self.run_epoch()
+        if not row and self.rt.main:
+            print(
+                f"{self.out}: nothing to train (epoch {self.state['epoch']} of {self.cfg.epochs}, step "
+                f"{self.state['global_step']}, {self.state['elapsed_s'] / 60:.1f} min of the budget used)",
+                flush=True,
+            )
         return row
 
     def _step(self, batch: dict[str, torch.Tensor], gen: torch.Generator, bar: Any) -> None:
-        for k, v in self.train_step(batch, gen).items():
+        usable = self.usable(batch)
+        for k, v in (self.train_step(usable, gen) if usable is not None else {}).items():
             self.totals[k] = self.totals.get(k, 0.0) + v
         self.totals["steps"] = self.totals.get("steps", 0.0) + 1
         self.state["global_step"] += 1
@@ -344,6 +393,34 @@ class BudgetedLoop:
             self.state["elapsed_s"] = self.elapsed()
             self.save("last.pt")
             self.last_save = time.time()
+
+    def usable(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The batch without its unusable images (blank views, see `DualViewDataset`), counted;
+        ``None`` when none is usable (the step is then skipped).
+
+        Raises:
+            DataError: no image of the batch is usable in a multi-process run, whose ranks cannot
+                skip a step alone (the gradient all-reduce would wait for them).
+        """
+        valid = torch.as_tensor(batch["valid"], dtype=torch.bool)
+        bad = int((~valid).sum())
+        if not bad:
+            return batch
+        self.state["skipped_images"] += bad
+        if bad < len(valid):
+            return {k: v[valid] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if self.rt.world > 1:
+            example = next(iter(getattr(self.train_set, "bad", {}).values()), "see the readers' report")
+            raise DataError(f"every image of a batch of {bad} is unusable (e.g. {example})")
+        return None
+
+    def report_skipped(self) -> None:
+        """On the main rank, print how many unusable image draws training dropped (with one reason)."""
+        count = int(self.state["skipped_images"])
+        if self.rt.main and count:
+            bad = getattr(self.train_set, "bad", {})  # filled only without worker processes
+            example = f", e.g. {next(iter(bad.values()))}" if bad else ""
+            print(f"skipped {count} unusable image draw(s) in training{example}", flush=True)
 
     def run_epoch(self) -> dict[str, Any]:
         epoch = int(self.state["epoch"])
@@ -356,8 +433,9 @@ class BudgetedLoop:
             num_workers=self.cfg.workers,
             drop_last=True,
         )
+        # Per rank: each replica augments its own draws differently.
         gen = torch.Generator().manual_seed(
-            self.cfg.seed * 7919 + epoch * 131 + int(self.state["step_in_epoch"])
+            self.cfg.seed * 7919 + epoch * 131 + int(self.state["step_in_epoch"]) + 1_000_003 * self.rt.rank
         )
         self.totals = {}
         t0 = time.time()
@@ -387,6 +465,9 @@ class BudgetedLoop:
             "lr": self.lr_at(self.state["global_step"]),
             "elapsed_s": round(self.state["elapsed_s"], 1),
             "samples_per_s": round(rate, 1),
+            # Printed with the row, not log.csv columns (older logs keep their header).
+            "skipped_images": self.state["skipped_images"],
+            **({"val_skipped": metrics["val_skipped"]} if "val_skipped" in metrics else {}),
             **self.train_averages(steps),
             **{k: v for k, v in metrics.items() if k in self.log_fields},
         }

@@ -226,7 +226,9 @@ class Finetuner(BudgetedLoop):
 
     def _scores(self, net: torch.nn.Module, loader: DataLoader) -> dict[str, Any]:
         pred = predict(net, loader, self.rt)
-        labels, preds = pred["label"], pred["probs"].argmax(1)
+        # An unreadable image comes back as blank views with its real label: it must not be scored.
+        labels = np.where(pred["valid"], pred["label"], -1)
+        preds = pred["probs"].argmax(1)
         report = classification_report(labels, preds, CLASSES)
         return {
             **report,
@@ -234,6 +236,7 @@ class Finetuner(BudgetedLoop):
             "val_acc": report["accuracy"],
             "val_macro_f1": report["macro_f1"],
             "val_n": report["n"],
+            "val_skipped": int((~pred["valid"]).sum()),
         }
 
 
@@ -250,9 +253,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
             f"{tuner.steps_per_epoch} steps/epoch"
         )
         result = tuner.fit()
-        bad = tuner.train_set.bad
-        if rt.main and bad:
-            print(f"skipped {len(bad)} unusable image(s), e.g. {next(iter(bad.values()))}", flush=True)
+        tuner.report_skipped()
         return result
 
 

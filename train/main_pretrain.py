@@ -156,7 +156,9 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     with seeded_runtime(cfg.threads, cfg.seed) as rt:
         loop = Pretrainer(cfg, rt)
         loop.announce(f"pretraining on {len(loop.train_set)} samples; {loop.steps_per_epoch} steps/epoch")
-        return loop.fit()
+        result = loop.fit()
+        loop.report_skipped()
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import shared_path
-from train.checkpoint import load_checkpoint, load_model
+from train.checkpoint import CheckpointError, load_checkpoint, load_model
+from train.data.sources import load_source
 from train.main_finetune import FinetuneConfig, WeightEma, per_source_accuracy
 from train.main_finetune import run as finetune
 from train.main_pretrain import PretrainConfig
@@ -91,6 +93,75 @@ def test_resume_without_saved_average_restarts_it(tmp_path: Path, specs: list[st
     finetune(FinetuneConfig(**common, warmup_steps=1, epochs=2))  # the average switched on midway
     last = load_checkpoint(tmp_path / "last.pt")
     assert int(last["extra"]["heads"]["ema"]["updates"]) == 2  # the second epoch's steps only
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ({"batch_size": 4}, "batch_size: 8 -> 4"),
+        ({"model": "affectline_mnv2_64", "model_kwargs": {"fusion_dim": 256}}, "model_kwargs:"),
+        ({"lr": 0.01}, "lr: 0.001 -> 0.01"),
+    ],
+    ids=["batch", "model", "lr"],
+)
+def test_resume_refuses_a_run_written_with_another_config(
+    tmp_path: Path, specs: list[str], change: dict[str, object], named: str
+) -> None:
+    common = {"data": specs, "out": str(tmp_path), "max_samples": 16, "threads": 1, "warmup_steps": 1}
+    finetune(FinetuneConfig(**{"batch_size": 8, "max_steps": 1, **common}))
+    with pytest.raises(CheckpointError, match=f"another config \\(.*{named}.*--no-resume"):
+        finetune(FinetuneConfig(**{"batch_size": 8, "max_steps": 2, **common, **change}))
+    # Where and how long it runs may change: a larger step limit resumes.
+    finetune(FinetuneConfig(**{"batch_size": 8, "max_steps": 2, **common, "checkpoint_minutes": 5.0}))
+    assert load_checkpoint(tmp_path / "last.pt")["extra"]["state"]["global_step"] == 2
+
+
+def test_a_finished_run_says_there_is_nothing_to_train(
+    tmp_path: Path, specs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = FinetuneConfig(data=specs, out=str(tmp_path), max_samples=16, batch_size=8, threads=1, max_steps=1)
+    finetune(cfg)
+    capsys.readouterr()
+    assert finetune(cfg) == {}
+    assert "nothing to train (epoch 1 of" in capsys.readouterr().out
+
+
+def test_unusable_images_are_dropped_from_training_and_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ExpW-layout copy of 16 real faces, every other image file truncated: training counts and
+    drops them, and validation scores only the readable ones."""
+    root = tmp_path / "expw"
+    (root / "Images").mkdir(parents=True)
+    lines = Path(shared_path("data", "expw", "label.lst")).read_text().splitlines()
+    chosen = {line.split()[0]: line for line in lines}  # one face per image
+    kept = list(chosen.values())[::50][:16]
+    for i, line in enumerate(kept):
+        name = line.split()[0]
+        data = Path(shared_path("data", "expw", "Images", name)).read_bytes()
+        (root / "Images" / name).write_bytes(data if i % 2 else data[:40])
+    (root / "label.lst").write_text("\n".join(kept) + "\n")
+    cfg = FinetuneConfig(
+        data=[f"expw:{root}"],
+        out=str(tmp_path / "run"),
+        batch_size=4,
+        threads=1,
+        max_steps=2,
+        test_fraction=0.2,
+        val_fraction=0.5,
+    )
+    finetune(cfg)
+    out = capsys.readouterr().out
+    row = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+    splits = load_source(cfg.data[0], 0.2, 0, 0.5)
+    truncated = {line.split()[0] for line in kept[::2]}
+    bad_val = sum(Path(s.image).name in truncated for s in splits.val)
+    assert 0 < bad_val < len(splits.val)  # the split put readable and truncated images in val
+    assert row["val_skipped"] == bad_val and row["val_n"] == len(splits.val) - bad_val
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["state"]
+    assert state["skipped_images"] == row["skipped_images"] > 0
+    assert f"skipped {state['skipped_images']} unusable image draw(s) in training, e.g. " in out
+    assert "not a decodable image" in out
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,8 @@ class DualViewDataset(Dataset):
     Items are dicts: ``person`` (3, Sp, Sp) uint8, ``scene`` (3, Ss, Ss) uint8, ``dist`` (7,) float
     soft target (zeros when unlabelled), ``has_cls`` bool, ``va`` (2,) float, ``va_weight`` float
     (0 = no valence/arousal target), ``label`` int (-1 unknown), ``index`` int. A sample whose image
-    cannot be used is returned with ``valid`` False and counted in ``bad``; the loop drops it.
+    cannot be used is returned with ``valid`` False (blank views, no targets) and noted in ``bad`` (in
+    this process only; the training loop counts the drops itself, see `BudgetedLoop.usable`).
 
     Args:
         samples: Records from the readers.
@@ -171,12 +172,14 @@ class DualViewDataset(Dataset):
             if rng is not None and self.augment is not None:
                 anchor = jitter_box(anchor, self.augment, rng)
             boxes = [square_boxes(anchor[None], g)[0] for g in (self.person, self.scene)]
+        # One angle for both views: they show the same moment, so they move together.
+        angle = rng.uniform(-1, 1) * self.augment.rotate_deg if rng is not None and self.augment else 0.0
         out = []
         for box, geo in zip(boxes, (self.person, self.scene), strict=True):
             if rng is None or self.augment is None:
                 v = crop_square(image, box, geo.size)
             else:
-                v = crop_rotated(image, box, geo.size, rng.uniform(-1, 1) * self.augment.rotate_deg)
+                v = crop_rotated(image, box, geo.size, angle)
             out.append(np.repeat(v, 3, axis=2) if v.shape[2] == 1 else v)
         if rng is not None and self.augment is not None and rng.random() < self.augment.flip:
             out = [v[:, ::-1] for v in out]
