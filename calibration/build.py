@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibration.coverage import Coverage, coverage
-from calibration.datasets import CalibrationDataError, dataset_views
+from calibration.datasets import CalibrationDataError, dataset_views, default_train_split
 from calibration.video import VideoCapture, video_views
 from calibration.viewset import ViewSet
 from edge_agent.config import Camera, Detection
@@ -43,8 +43,8 @@ def build_calibration_set(
     min_count: int | None = None,
     detection: Detection | None = None,
     seed: int = 0,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    test_fraction: float | None = None,
+    split_seed: int | None = None,
 ) -> CalibrationSet:
     """Real person/scene view pairs for INT8 calibration.
 
@@ -60,8 +60,9 @@ def build_calibration_set(
         min_count: Fail below this many samples (default ``n``).
         detection: The agent's detection config for the camera part.
         seed: Dataset draw seed.
-        test_fraction: Held-out share used by training (datasets split by image).
-        split_seed: Split seed used by training.
+        test_fraction: Held-out share used by training (datasets split by image); None: the
+            model's recorded split (`ModelMeta.train_split`), else the default.
+        split_seed: Split seed used by training; None as for ``test_fraction``.
 
     Raises:
         CalibrationDataError: no source given, bad counts, or too few samples found.
@@ -81,8 +82,13 @@ def build_calibration_set(
         vs, video = video_views(meta, camera, seconds, n, detection)
         parts.append(vs)
     have = sum(len(p) for p in parts)
+    held_out = {**default_train_split(), **meta.train_split}
+    if test_fraction is not None:
+        held_out["test_fraction"] = test_fraction
+    if split_seed is not None:
+        held_out["split_seed"] = split_seed
     if specs and have < n:
-        parts.append(dataset_views(meta, specs, "train", n - have, seed, test_fraction, split_seed))
+        parts.append(dataset_views(meta, specs, "train", n - have, seed, held_out=held_out))
     views = ViewSet.concat(parts)
     if len(views) < need:
         raise CalibrationDataError(
@@ -94,8 +100,9 @@ def build_calibration_set(
         "camera": _describe(camera),
         "seconds": seconds if camera else None,
         "seed": seed,
-        "test_fraction": test_fraction,
-        "split_seed": split_seed,
+        "test_fraction": held_out["test_fraction"],
+        "split_seed": held_out["split_seed"],
+        "val_fraction": held_out["val_fraction"],
     }
     return CalibrationSet(views, coverage(views), video, sources)
 

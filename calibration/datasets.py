@@ -70,22 +70,23 @@ def dataset_views(
     split: str,
     n: int,
     seed: int = 0,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
     balanced: bool = True,
+    held_out: dict[str, float] | None = None,
 ) -> ViewSet:
     """Class-balanced real samples from labelled datasets.
 
     Args:
-        meta: Model metadata (view geometry, normalisation, input names, classes).
+        meta: Model metadata (view geometry, normalisation, input names, classes, and the split
+            settings of its training, so held-out parts are the ones training held out; a model
+            without them gets the default fine-tuning split).
         specs: Training data specs ``kind:path`` (e.g. ``expw:../shared/data/expw``).
         split: ``train`` (calibration) or ``test``/``val`` (held-out evaluation).
         n: Wanted samples (fewer if the data has fewer).
         seed: Draw seed.
-        test_fraction: Held-out share for datasets split by image (must match training).
-        split_seed: Split seed (must match training).
         balanced: Even draw across classes (calibration); False keeps the split's natural class mix
             (accuracy reports).
+        held_out: Split settings (``test_fraction``, ``split_seed``, ``val_fraction``) overriding
+            the model's own.
 
     Raises:
         CalibrationDataError: bad split or spec, or no usable sample.
@@ -98,10 +99,14 @@ def dataset_views(
         raise CalibrationDataError(f"split={split!r}: allowed {SPLITS}")
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
+    held_out = {**default_train_split(), **meta.train_split, **(held_out or {})}
     samples = []
     for spec in specs:
         try:
-            samples += getattr(load_source(spec, test_fraction, split_seed), split)
+            parts = load_source(
+                spec, held_out["test_fraction"], int(held_out["split_seed"]), held_out["val_fraction"]
+            )
+            samples += getattr(parts, split)
         except DataError as exc:
             raise CalibrationDataError(str(exc)) from None
     if meta.classes != _train_classes():
@@ -147,3 +152,11 @@ def _train_classes() -> tuple[str, ...]:
     from train.data.records import CLASSES
 
     return tuple(CLASSES)
+
+
+def default_train_split() -> dict[str, float]:
+    """The split settings of a default fine-tuning run (for model files that do not record theirs)."""
+    from train.config import FinetuneConfig
+
+    d = FinetuneConfig()
+    return {"test_fraction": d.test_fraction, "split_seed": d.split_seed, "val_fraction": d.val_fraction}

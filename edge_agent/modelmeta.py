@@ -15,12 +15,15 @@ Keys (all values are strings; JSON where structured):
   valence/arousal are in [-1, 1] (Russell's circumplex, 0 = neutral).
 - ``affectline.model_version``: free text (e.g. ``affectline-s-64 2026-11-26``).
 - ``affectline.train_config_sha256``: hash of the resolved training config.
+- ``affectline.train_split`` (optional): JSON ``{"test_fraction": f, "split_seed": n,
+  "val_fraction": f}``, how training held out the test/val parts of datasets split by image, so an
+  evaluation of the exported file tests on the same held-out images.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.views import ViewGeometry
@@ -56,6 +59,7 @@ class ModelMeta:
     va_output: str
     model_version: str
     train_config_sha256: str
+    train_split: dict[str, float] = field(default_factory=dict)  # empty: not recorded
 
     def input_for(self, view: str) -> InputSpec:
         for spec in self.inputs:
@@ -82,6 +86,7 @@ class ModelMeta:
             PREFIX + "outputs": json.dumps({"logits": self.logits_output, "valence_arousal": self.va_output}),
             PREFIX + "model_version": self.model_version,
             PREFIX + "train_config_sha256": self.train_config_sha256,
+            **({PREFIX + "train_split": json.dumps(self.train_split)} if self.train_split else {}),
         }
 
     @classmethod
@@ -140,4 +145,38 @@ class ModelMeta:
             va_output=str(outputs.get("valence_arousal", "")),
             model_version=props.get(PREFIX + "model_version", "unknown"),
             train_config_sha256=props.get(PREFIX + "train_config_sha256", ""),
+            train_split=_train_split(load("train_split"), source) if PREFIX + "train_split" in props else {},
         )
+
+
+def train_split_of(config: dict[str, Any]) -> dict[str, float]:
+    """The split settings of a resolved training config (empty when it has none)."""
+    if "test_fraction" not in config:
+        return {}
+    return {
+        "test_fraction": float(config["test_fraction"]),
+        "split_seed": int(config.get("split_seed", 0)),
+        "val_fraction": float(config.get("val_fraction", 0.0)),
+    }
+
+
+def _train_split(value: Any, source: str) -> dict[str, float]:
+    """Checked ``train_split`` metadata.
+
+    Raises:
+        ModelContractError: not an object with test_fraction, val_fraction in [0, 1) (sum below 1)
+            and an integer split_seed.
+    """
+    rule = "an object with test_fraction and val_fraction in [0, 1) summing below 1 and an integer split_seed"
+    try:
+        out = {
+            "test_fraction": float(value["test_fraction"]),
+            "split_seed": int(value["split_seed"]),
+            "val_fraction": float(value.get("val_fraction", 0.0)),
+        }
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ModelContractError(f"{source}: metadata 'train_split' is {value!r}; need {rule}") from None
+    t, v = out["test_fraction"], out["val_fraction"]
+    if not (0 <= t < 1 and 0 <= v < 1 and t + v < 1):
+        raise ModelContractError(f"{source}: metadata 'train_split' is {value!r}; need {rule}")
+    return out

@@ -247,8 +247,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-datasets", action="store_true", help="camera samples only")
     p.add_argument("--min-count", type=int, help="fail below this many samples (default: --count)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.2, help="training's held-out share (ExpW split)")
-    p.add_argument("--split-seed", type=int, default=0, help="training's split seed")
+    p.add_argument(
+        "--test-fraction", type=float, help="training's held-out share (ExpW split; default: the model's)"
+    )
+    p.add_argument("--split-seed", type=int, help="training's split seed (default: the model's)")
     _add_data(p, samples=False)
     p.set_defaults(func=_guarded(_cmd_calibrate))
 

@@ -59,15 +59,28 @@ class DeviceBuffer:
         self.nbytes = int(nbytes)
         self.ptr = int(call(cudart, cudart.cudaMalloc(self.nbytes)))
 
+    def _check(self, host: np.ndarray) -> None:
+        """A copy past the block's end would corrupt device memory: refuse it (not an ``assert``,
+        which ``python -O`` removes).
+
+        Raises:
+            ValueError: ``host`` is not C-contiguous or larger than the block.
+        """
+        if not host.flags.c_contiguous or host.nbytes > self.nbytes:
+            raise ValueError(
+                f"host array of {host.nbytes} bytes (C-contiguous: {host.flags.c_contiguous}) does not "
+                f"fit a device block of {self.nbytes} bytes; need C-contiguous and at most that size"
+            )
+
     def upload(self, host: np.ndarray, stream: Any) -> None:
-        assert host.flags.c_contiguous and host.nbytes <= self.nbytes
+        self._check(host)
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         call(
             self._cudart, self._cudart.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind, stream)
         )
 
     def download(self, host: np.ndarray, stream: Any) -> None:
-        assert host.flags.c_contiguous and host.nbytes <= self.nbytes
+        self._check(host)
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         call(
             self._cudart, self._cudart.cudaMemcpyAsync(host.ctypes.data, self.ptr, host.nbytes, kind, stream)

@@ -197,9 +197,9 @@ def read_meta(path: str | Path) -> ModelMeta:
 
         return ModelMeta.from_props(EngineSidecar.read(path).model_props, source=f"{path} sidecar")
     # _model_file lets no suffix but the checkpoint ones through.
-    from train.checkpoint import load_checkpoint
+    from train.checkpoint import checkpoint_meta, load_checkpoint
 
-    return ModelMeta.from_props(load_checkpoint(path)["meta_props"], source=str(path))
+    return checkpoint_meta(load_checkpoint(path), str(path))
 
 
 def _model_file(path: str | Path) -> Path:

@@ -7,6 +7,7 @@ normalisation or class order is re-typed downstream.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from edge_agent.modelmeta import InputSpec, ModelMeta
+from edge_agent.modelmeta import InputSpec, ModelMeta, train_split_of
 from edge_agent.views import ViewGeometry
 from train.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 
@@ -51,6 +52,7 @@ def make_meta(
         va_output="valence_arousal",
         model_version=version,
         train_config_sha256=config_sha256(config),
+        train_split=train_split_of(config),
     )
 
 
@@ -121,7 +123,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is tensors and plain data; unpickling anything else could run
+        # code from a file someone handed us (export and verify accept any path).
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files; report them all the same way
         raise CheckpointError(f"checkpoint {path} is not readable: {exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -161,4 +165,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit model {blob['model']!r}: {exc}") from exc
-    return model.eval(), ModelMeta.from_props(blob["meta_props"], source=str(path))
+    return model.eval(), checkpoint_meta(blob, str(path))
+
+
+def checkpoint_meta(blob: dict[str, Any], source: str) -> ModelMeta:
+    """The agent metadata of a loaded checkpoint; one written before ``train_split`` was recorded
+    gets it from its own config."""
+    meta = ModelMeta.from_props(blob["meta_props"], source=source)
+    if not meta.train_split:
+        meta = dataclasses.replace(meta, train_split=train_split_of(blob.get("config", {})))
+    return meta

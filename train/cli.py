@@ -56,7 +56,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor, meta, cfg = _peer(args.checkpoint, args.threads)
     elif _is_agent_model(args.checkpoint):
         predictor, meta = agent_predictor(args.checkpoint, args.threads)
-        cfg = _default_split()  # what every training run uses unless told otherwise
+        cfg = meta.train_split or _default_split()
+        if not meta.train_split:
+            print(f"{args.checkpoint}: records no training split; held-out parts of the default split")
     else:
         model, meta = load_model(args.checkpoint)
         predictor = torch_predictor(model)
@@ -139,10 +141,9 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _default_split() -> dict[str, float]:
     """The split settings of a default fine-tuning run (for files that do not carry their config)."""
-    from train.config import FinetuneConfig
+    from calibration.datasets import default_train_split
 
-    d = FinetuneConfig()
-    return {"test_fraction": d.test_fraction, "split_seed": d.split_seed, "val_fraction": d.val_fraction}
+    return default_train_split()
 
 
 def _provenance(name: str) -> str:

@@ -319,7 +319,8 @@ def evaluate(
         for it in items:
             if not it["valid"]:
                 s = samples[int(it["index"])]
-                skipped[s.image] = ds.bad.get(s.image, "unusable image")
+                # Keyed by record (file:line), not image: each face of an unreadable photo counts.
+                skipped[s.origin or s.image] = ds.bad.get(s.image, "unusable image")
         items = [it for it in items if it["valid"]]
         if not items:
             continue

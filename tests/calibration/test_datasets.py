@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,21 @@ def test_train_split_is_class_balanced(meta: ModelMeta, expw_spec: str, ferplus_
     spec = meta.input_for("person")
     pixels = (vs.inputs["person"].transpose(0, 2, 3, 1) * np.array(spec.std) + np.array(spec.mean)) * 255
     np.testing.assert_allclose(luma(pixels.round().clip(0, 255).astype(np.uint8)), vs.brightness, atol=0.6)
+
+
+@pytest.mark.parametrize("recorded", [{}, {"test_fraction": 0.5, "split_seed": 3, "val_fraction": 0.1}])
+def test_held_out_part_is_the_one_the_model_was_trained_without(
+    meta: ModelMeta, expw_spec: str, recorded: dict[str, float]
+) -> None:
+    """A model that records its training split is tested on that split's test part; one that does
+    not, on the default split's."""
+    from train.data.sources import load_source
+
+    model = dataclasses.replace(meta, train_split=recorded)
+    test = dataset_views(model, [expw_spec], "test", 100_000, balanced=False)
+    held = {"test_fraction": 0.2, "split_seed": 0, **recorded}
+    want = load_source(expw_spec, held["test_fraction"], int(held["split_seed"])).test
+    assert sorted(test.origin) == sorted(f"expw:{s.image}" for s in want)
 
 
 def test_held_out_split_never_meets_train(meta: ModelMeta, expw_spec: str) -> None:

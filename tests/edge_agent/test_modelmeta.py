@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,6 +16,17 @@ def test_round_trip() -> None:
     back = ModelMeta.from_props(meta.to_props())
     assert back == meta
     assert back.input_for("scene").geometry.size == 48
+
+
+def test_train_split_round_trips_and_is_optional() -> None:
+    meta = dataclasses.replace(
+        tiny_meta(), train_split={"test_fraction": 0.3, "split_seed": 2, "val_fraction": 0.1}
+    )
+    props = meta.to_props()
+    assert json.loads(props[PREFIX + "train_split"])["split_seed"] == 2
+    assert ModelMeta.from_props(props) == meta
+    assert PREFIX + "train_split" not in tiny_meta().to_props()  # not recorded: no key
+    assert ModelMeta.from_props(tiny_meta().to_props()).train_split == {}
 
 
 def _props_with(key: str, value: str | None) -> dict[str, str]:
@@ -46,6 +58,15 @@ def _props_with(key: str, value: str | None) -> dict[str, str]:
             "view in",
         ),
         ("inputs", json.dumps({"x": {"view": "person"}}), "input 'x' metadata invalid"),
+        ("train_split", "[]", "'train_split' is \\[\\]; need an object"),
+        ("train_split", json.dumps({"test_fraction": 0.2}), "'train_split' is .*integer split_seed"),
+        ("train_split", json.dumps({"test_fraction": 1.0, "split_seed": 0}), "in \\[0, 1\\)"),
+        (
+            "train_split",
+            json.dumps({"test_fraction": 0.6, "split_seed": 0, "val_fraction": 0.5}),
+            "summing below 1",
+        ),
+        ("train_split", json.dumps({"test_fraction": "x", "split_seed": 0}), "need an object"),
     ],
 )
 def test_contract_violations_are_named(key: str, value: str | None, match: str) -> None:

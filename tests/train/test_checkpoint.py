@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
 from train.checkpoint import (
+    FORMAT,
     CheckpointError,
     config_sha256,
     load_checkpoint,
@@ -41,6 +43,18 @@ def test_round_trip(tmp_path: Path) -> None:
     assert blob["epoch"] == 3 and blob["extra"] == {"acc": 0.5} and blob["optimizer"] is not None
 
 
+@pytest.mark.parametrize("recorded_in_meta", [True, False], ids=["recorded", "older-checkpoint"])
+def test_the_training_split_travels_with_the_model(tmp_path: Path, recorded_in_meta: bool) -> None:
+    config = {**CONFIG, "test_fraction": 0.3, "split_seed": 4, "val_fraction": 0.05}
+    model = build_model("affectline_mnv2_64", pretrained=False, fusion_dim=64).eval()
+    meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, config, "test")
+    assert meta.train_split == {"test_fraction": 0.3, "split_seed": 4, "val_fraction": 0.05}
+    if not recorded_in_meta:  # written before the key existed: the checkpoint's config still has it
+        meta = dataclasses.replace(meta, train_split={})
+    path = save_checkpoint(tmp_path / "c.pt", model, None, 0, config, meta, {})
+    assert load_model(path)[1].train_split == {"test_fraction": 0.3, "split_seed": 4, "val_fraction": 0.05}
+
+
 def test_config_without_model_name_is_rejected(tmp_path: Path) -> None:
     model = build_model("affectline_mnv2_64", pretrained=False)
     meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, "x")
@@ -61,3 +75,20 @@ def test_foreign_torch_file_is_rejected(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="not an Affectline checkpoint"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+class _RunsCode:
+    """Unpickling this calls a function (here a harmless one): what a malicious .pt would do."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("code ran while loading",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="is not readable"):
+        load_checkpoint(path)
+    assert "code ran" not in capsys.readouterr().out
