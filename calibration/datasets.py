@@ -154,6 +154,29 @@ def _train_classes() -> tuple[str, ...]:
     return tuple(CLASSES)
 
 
+def gate_split(meta: ModelMeta, specs: Sequence[str]) -> str:
+    """``val`` when some source has a validation part under the model's training split, else ``test``.
+
+    An INT8 build picks its fallback step by its score on this part; scoring the choice on the
+    part it was picked on would flatter it, so the validation part comes first.
+
+    Raises:
+        CalibrationDataError: a spec that does not load.
+    """
+    from train.data.records import DataError
+    from train.data.sources import load_source
+
+    held = {**default_train_split(), **meta.train_split}
+    for spec in specs:
+        try:
+            parts = load_source(spec, held["test_fraction"], int(held["split_seed"]), held["val_fraction"])
+        except DataError as exc:
+            raise CalibrationDataError(str(exc)) from None
+        if parts.val:
+            return "val"
+    return "test"
+
+
 def default_train_split() -> dict[str, float]:
     """The split settings of a default fine-tuning run (for model files that do not record theirs)."""
     from train.config import FinetuneConfig

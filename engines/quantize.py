@@ -283,8 +283,9 @@ def quantize_int8(
         fp32_onnx: Exported FP32 model (with its sidecar).
         calibration: Calibration ``.npz`` (`calibration.build`), cut for this model.
         out: Target ``.onnx``.
-        eval_set: Held-out samples, never the calibration samples: labelled (dataset test split)
-            for the accuracy gate, or unlabelled (a second camera recording) for the agreement gate.
+        eval_set: Held-out samples, never the calibration samples (checked by origin): labelled
+            (a dataset validation part) for the accuracy gate, or unlabelled (a second camera
+            recording) for the agreement gate.
         method: ``percentile`` (default), ``entropy`` or ``minmax``.
         target: ``portable`` (TensorRT and ONNX Runtime) or ``cpu`` (ONNX Runtime only); see `TARGETS`.
         percentile: Percentile for ``percentile`` calibration, in [99, 100].
@@ -296,7 +297,8 @@ def quantize_int8(
         latency_batches: Batch sizes to time (empty: skip timing).
 
     Raises:
-        EnginesInputError: bad argument, or samples cut for another model.
+        EnginesInputError: bad argument, samples cut for another model, or eval samples that are
+            also calibration samples.
         VerificationError: no ladder step meets the budget, or the output fails its checks.
     """
     import onnx
@@ -305,6 +307,13 @@ def quantize_int8(
     _check_args(fp32_onnx, out, method, target, percentile, max_top1_drop, min_agreement)
     labelled = bool((eval_set.labels >= 0).any())
     calib = ViewSet.load(calibration)
+    shared = sorted(set(calib.origin.tolist()) & set(eval_set.origin.tolist()))
+    if shared:
+        # Scoring on images the ranges were fitted to would flatter the quantized model.
+        raise EnginesInputError(
+            f"eval set shares {len(shared)} sample(s) with the calibration set {calibration} "
+            f"(e.g. {shared[0]}); evaluate on held-out samples"
+        )
     ref_runner = open_runner(fp32_onnx, threads)
     try:
         check_inputs(ref_runner.meta, calib, str(calibration))

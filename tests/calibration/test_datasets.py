@@ -7,7 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from calibration.datasets import CalibrationDataError, balanced_order, dataset_views, luma, normalise
+from calibration.datasets import (
+    CalibrationDataError,
+    balanced_order,
+    dataset_views,
+    gate_split,
+    luma,
+    normalise,
+)
 from edge_agent.modelmeta import ModelMeta
 
 
@@ -77,6 +84,20 @@ def test_held_out_part_is_the_one_the_model_was_trained_without(
     held = {"test_fraction": 0.2, "split_seed": 0, **recorded}
     want = load_source(expw_spec, held["test_fraction"], int(held["split_seed"])).test
     assert sorted(test.origin) == sorted(f"expw:{s.image}" for s in want)
+
+
+@pytest.mark.parametrize(
+    ("val_fraction", "source", "want"),
+    [(0.0, "expw", "test"), (0.1, "expw", "val"), (0.0, "ferplus", "val")],
+    ids=["expw-without-val", "expw-with-val", "ferplus-official-valid"],
+)
+def test_the_int8_gate_uses_the_validation_part_when_there_is_one(
+    meta: ModelMeta, expw_spec: str, ferplus_spec: str, val_fraction: float, source: str, want: str
+) -> None:
+    model = dataclasses.replace(
+        meta, train_split={"test_fraction": 0.2, "split_seed": 0, "val_fraction": val_fraction}
+    )
+    assert gate_split(model, [expw_spec if source == "expw" else ferplus_spec]) == want
 
 
 def test_held_out_split_never_meets_train(meta: ModelMeta, expw_spec: str) -> None:

@@ -152,6 +152,17 @@ def test_unlabelled_eval_set_gates_on_agreement(
     assert not (tmp_path / "q2.onnx").exists()
 
 
+def test_rejects_an_eval_set_that_shares_calibration_samples(
+    tmp_path: Path, fp32_onnx: Path, calib_npz: Path
+) -> None:
+    calib = ViewSet.load(calib_npz)
+    with pytest.raises(
+        EnginesInputError, match=f"eval set shares {len(calib)} sample\\(s\\) with the calibration"
+    ):
+        quantize_int8(fp32_onnx, calib_npz, tmp_path / "q.onnx", calib, latency_batches=())
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_rejects_overwriting_source(fp32_onnx: Path, calib_npz: Path, eval_views: ViewSet) -> None:
     with pytest.raises(EnginesInputError, match="must be a new .onnx"):
         quantize_int8(fp32_onnx, calib_npz, fp32_onnx, eval_views)
