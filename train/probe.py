@@ -53,13 +53,18 @@ class ProbeData:
     skipped: int
 
 
+def _probe_label(item: dict[str, Any], train: bool) -> int:
+    """A training image's label is its distribution's top class; a test image's, its majority label."""
+    return int(item["dist"].argmax()) if train else int(item["label"])
+
+
 def _labelled(samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if s.label >= 0 or s.dist is not None]
 
 
 def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> ProbeData:
     """Labelled training images (at most ``train_per_source`` per source, drawn at random) and every
-    labelled test image of each source, as default-geometry views.
+    test image with a majority label of each source, as default-geometry views.
 
     Raises:
         ValueError: ``train_per_source`` < 1, or a source without labelled training images.
@@ -77,14 +82,16 @@ def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> P
                 "own train/test split: ferplus, expw or emotion6)"
             )
         take = sorted(rng.permutation(len(train))[:train_per_source].tolist())
-        chosen += [(train[i], True) for i in take] + [(s, False) for s in _labelled(splits.test)]
+        # Test images are scored on their majority label, as `train evaluate` scores them (FER+
+        # images whose majority is contempt/unknown/not-a-face have none and are left out).
+        chosen += [(train[i], True) for i in take] + [(s, False) for s in splits.test if s.label >= 0]
     ds = DualViewDataset([s for s, _ in chosen], DEFAULT_PERSON, DEFAULT_SCENE)
     items = [ds[i] for i in range(len(ds))]
     ok = [i for i, it in enumerate(items) if it["valid"]]
     return ProbeData(
         person=torch.stack([items[i]["person"] for i in ok]),
         scene=torch.stack([items[i]["scene"] for i in ok]),
-        label=np.array([int(items[i]["dist"].argmax()) for i in ok]),
+        label=np.array([_probe_label(items[i], chosen[i][1]) for i in ok]),
         source=np.array([chosen[i][0].source for i in ok]),
         train=np.array([chosen[i][1] for i in ok]),
         skipped=len(items) - len(ok),

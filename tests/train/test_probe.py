@@ -14,6 +14,7 @@ from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
 from tests.conftest import shared_path
 from train.checkpoint import CheckpointError, make_meta, save_checkpoint
 from train.data.records import CLASSES
+from train.data.sources import load_source
 from train.models import build_model
 from train.probe import fit_logistic, load_encoder, load_probe_data
 
@@ -69,6 +70,15 @@ def test_probe_data_needs_a_training_part(tmp_path: Path) -> None:
         load_probe_data([f"manifest:{tmp_path / 'm.csv'}"], 10)
     with pytest.raises(ValueError, match="train_per_source=0"):
         load_probe_data([f"manifest:{tmp_path / 'm.csv'}"], 0)
+
+
+def test_probe_scores_test_images_on_their_majority_label_as_evaluate_does() -> None:
+    spec = f"ferplus:{shared_path('data', 'ferplus')}"
+    data = load_probe_data([spec], 2)
+    test = load_source(spec).test
+    majority = [s.label for s in test if s.label >= 0]
+    assert len(majority) < len(test)  # some FER+ Test faces have contempt/unknown/not-a-face majorities
+    assert data.label[~data.train].tolist() == majority
 
 
 def test_probe_cli_on_real_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
