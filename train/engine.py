@@ -375,8 +375,9 @@ class BudgetedLoop:
             row = self.run_epoch()
         if not row and self.rt.main:
             print(
-                f"{self.out}: nothing to train (epoch {self.state['epoch']} of {self.cfg.epochs}, step "
-                f"{self.state['global_step']}, {self.state['elapsed_s'] / 60:.1f} min of the budget used)",
+                f"{self.out}: nothing to train ({self.state['global_step']} step(s) and "
+                f"{self.state['epoch']} of {self.cfg.epochs} epoch(s) done, "
+                f"{self.state['elapsed_s'] / 60:.1f} min of the budget used)",
                 flush=True,
             )
         return row
@@ -447,15 +448,20 @@ class BudgetedLoop:
             mininterval=30,
             ascii=True,
         ) as bar:
+            cut = False
             for batch in loader:
                 if self.out_of_steps():
+                    cut = True
                     break
                 self._step(batch, gen, bar)
         steps = self.totals.pop("steps", 0.0)
         rate = steps * self.cfg.batch_size * self.rt.world / max(time.time() - t0, 1e-6)
         metrics = self.validate() if self.rt.main else {}
-        self.state["epoch"] = epoch + 1
-        self.state["step_in_epoch"] = 0
+        if not cut:
+            # An epoch cut short by the step limit or the budget stays open: a resume with a larger
+            # one goes on with its remaining draws (and logs a second row for it).
+            self.state["epoch"] = epoch + 1
+            self.state["step_in_epoch"] = 0
         self.state["elapsed_s"] = self.elapsed()
         if not self.rt.main:
             return {}

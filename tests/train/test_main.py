@@ -123,7 +123,19 @@ def test_a_finished_run_says_there_is_nothing_to_train(
     finetune(cfg)
     capsys.readouterr()
     assert finetune(cfg) == {}
-    assert "nothing to train (epoch 1 of" in capsys.readouterr().out
+    assert f"nothing to train (1 step(s) and 0 of {cfg.epochs} epoch(s) done" in capsys.readouterr().out
+
+
+def test_an_epoch_cut_by_the_step_limit_is_finished_by_a_resume(tmp_path: Path, specs: list[str]) -> None:
+    common = {"data": specs, "out": str(tmp_path), "max_samples": 32, "batch_size": 8, "threads": 1}
+    finetune(FinetuneConfig(**common, max_steps=1))  # 4 steps per epoch: cut after the first
+    state = load_checkpoint(tmp_path / "last.pt")["extra"]["state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 1, 1)
+    finetune(FinetuneConfig(**common, max_steps=4))
+    state = load_checkpoint(tmp_path / "last.pt")["extra"]["state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 4)
+    rows = _rows(tmp_path / "log.csv")
+    assert [(r["epoch"], r["global_step"]) for r in rows] == [("1", "1"), ("1", "4")]
 
 
 def test_unusable_images_are_dropped_from_training_and_validation(
