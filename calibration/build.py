@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibration.coverage import Coverage, coverage
-from calibration.datasets import CalibrationDataError, dataset_views, default_train_split
+from calibration.datasets import CalibrationDataError, dataset_views, held_out_split
 from calibration.video import VideoCapture, video_views
 from calibration.viewset import ViewSet
 from edge_agent.config import Camera, Detection
@@ -82,11 +82,7 @@ def build_calibration_set(
         vs, video = video_views(meta, camera, seconds, n, detection)
         parts.append(vs)
     have = sum(len(p) for p in parts)
-    held_out = {**default_train_split(), **meta.train_split}
-    if test_fraction is not None:
-        held_out["test_fraction"] = test_fraction
-    if split_seed is not None:
-        held_out["split_seed"] = split_seed
+    held_out = held_out_split(meta, test_fraction=test_fraction, split_seed=split_seed)
     if specs and have < n:
         parts.append(dataset_views(meta, specs, "train", n - have, seed, held_out=held_out))
     views = ViewSet.concat(parts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,23 +93,15 @@ def dataset_views(
         CalibrationDataError: bad split or spec, or no usable sample.
     """
     from train.data.dataset import BadImageError, DualViewDataset
-    from train.data.records import DataError
-    from train.data.sources import load_source
 
     if split not in SPLITS:
         raise CalibrationDataError(f"split={split!r}: allowed {SPLITS}")
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
-    held_out = {**default_train_split(), **meta.train_split, **(held_out or {})}
+    held = held_out_split(meta, **(held_out or {}))
     samples = []
     for spec in specs:
-        try:
-            parts = load_source(
-                spec, held_out["test_fraction"], int(held_out["split_seed"]), held_out["val_fraction"]
-            )
-            samples += getattr(parts, split)
-        except DataError as exc:
-            raise CalibrationDataError(str(exc)) from None
+        samples += getattr(_load_parts(spec, held), split)
     if meta.classes != _train_classes():
         raise CalibrationDataError(
             f"model classes {meta.classes} differ from the dataset classes {_train_classes()}"
@@ -163,18 +156,30 @@ def gate_split(meta: ModelMeta, specs: Sequence[str]) -> str:
     Raises:
         CalibrationDataError: a spec that does not load.
     """
+    held = held_out_split(meta)
+    return "val" if any(_load_parts(spec, held).val for spec in specs) else "test"
+
+
+def held_out_split(meta: ModelMeta, **overrides: float | None) -> dict[str, float]:
+    """The split settings training used: ``overrides`` that are not None, else the model's
+    recorded ones (`ModelMeta.train_split`), else those of a default fine-tuning run."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return {**default_train_split(), **meta.train_split, **given}
+
+
+def _load_parts(spec: str, held: dict[str, float]) -> Any:
+    """`train.data.sources.load_source` under the split settings ``held``.
+
+    Raises:
+        CalibrationDataError: the spec does not load.
+    """
     from train.data.records import DataError
     from train.data.sources import load_source
 
-    held = {**default_train_split(), **meta.train_split}
-    for spec in specs:
-        try:
-            parts = load_source(spec, held["test_fraction"], int(held["split_seed"]), held["val_fraction"])
-        except DataError as exc:
-            raise CalibrationDataError(str(exc)) from None
-        if parts.val:
-            return "val"
-    return "test"
+    try:
+        return load_source(spec, held["test_fraction"], int(held["split_seed"]), held["val_fraction"])
+    except DataError as exc:
+        raise CalibrationDataError(str(exc)) from None
 
 
 def default_train_split() -> dict[str, float]:

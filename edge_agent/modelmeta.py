@@ -153,6 +153,7 @@ def train_split_of(config: dict[str, Any]) -> dict[str, float]:
     """The split settings of a resolved training config (empty when it has none)."""
     if "test_fraction" not in config:
         return {}
+    # A config from before validation parts existed has no val_fraction: its val part was empty.
     return {
         "test_fraction": float(config["test_fraction"]),
         "split_seed": int(config.get("split_seed", 0)),

@@ -47,27 +47,24 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from train.checkpoint import load_checkpoint, load_model
+    from calibration.datasets import held_out_split
+    from train.checkpoint import load_model
     from train.data.sources import load_source
     from train.evaluate import agent_predictor, evaluate, torch_predictor, write_report
 
     torch.set_num_threads(args.threads)
     if args.checkpoint in PEERS:
-        predictor, meta, cfg = _peer(args.checkpoint, args.threads)
+        predictor, meta = _peer(args.checkpoint, args.threads)
     elif _is_agent_model(args.checkpoint):
         predictor, meta = agent_predictor(args.checkpoint, args.threads)
-        cfg = meta.train_split or _default_split()
         if not meta.train_split:
             print(f"{args.checkpoint}: records no training split; held-out parts of the default split")
     else:
-        model, meta = load_model(args.checkpoint)
+        model, meta = load_model(args.checkpoint)  # its train_split comes from its config
         predictor = torch_predictor(model)
-        cfg = load_checkpoint(args.checkpoint)["config"]
+    held = held_out_split(meta)
     for spec in args.data:
-        # A checkpoint from before validation parts existed has no val_fraction: its val was empty.
-        splits = load_source(
-            spec, cfg.get("test_fraction", 0.2), cfg.get("split_seed", 0), cfg.get("val_fraction", 0.0)
-        )
+        splits = load_source(spec, held["test_fraction"], int(held["split_seed"]), held["val_fraction"])
         split = args.split
         samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
         if not samples:
@@ -139,13 +136,6 @@ def _probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _default_split() -> dict[str, float]:
-    """The split settings of a default fine-tuning run (for files that do not carry their config)."""
-    from calibration.datasets import default_train_split
-
-    return default_train_split()
-
-
 def _provenance(name: str) -> str:
     """What was evaluated: a peer name, or the resolved file path with its sha256 for ONNX files."""
     if name in PEERS:
@@ -182,8 +172,8 @@ def _profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _peer(name: str, threads: int) -> tuple[Any, Any, dict[str, Any]]:
-    """A packaged FER peer, with the default view geometry and split settings."""
+def _peer(name: str, threads: int) -> tuple[Any, Any]:
+    """A packaged FER peer, with the default view geometry (and so the default split settings)."""
     from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
     from train.checkpoint import make_meta
     from train.data.records import CLASSES
@@ -191,7 +181,7 @@ def _peer(name: str, threads: int) -> tuple[Any, Any, dict[str, Any]]:
     from train.teachers.prior import load_prior
 
     predictor, requirement = peer_predictor(name, load_prior().va, threads)
-    return predictor, make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, requirement), _default_split()
+    return predictor, make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, {}, requirement)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -380,6 +380,7 @@ class BudgetedLoop:
                 f"{self.state['elapsed_s'] / 60:.1f} min of the budget used)",
                 flush=True,
             )
+        self.report_skipped()
         return row
 
     def _step(self, batch: dict[str, torch.Tensor], gen: torch.Generator, bar: Any) -> None:

@@ -252,9 +252,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
             f"train {len(tuner.splits.train)} val {len(tuner.splits.val)} test {len(tuner.splits.test)}; "
             f"{tuner.steps_per_epoch} steps/epoch"
         )
-        result = tuner.fit()
-        tuner.report_skipped()
-        return result
+        return tuner.fit()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,9 +156,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     with seeded_runtime(cfg.threads, cfg.seed) as rt:
         loop = Pretrainer(cfg, rt)
         loop.announce(f"pretraining on {len(loop.train_set)} samples; {loop.steps_per_epoch} steps/epoch")
-        result = loop.fit()
-        loop.report_skipped()
-        return result
+        return loop.fit()
 
 
 def main(argv: list[str] | None = None) -> int:
