@@ -143,11 +143,15 @@ def load_matching_weights(model: nn.Module, path: str | Path) -> set[str]:
     Raises:
         CheckpointError: see ``load_checkpoint``; also a checkpoint with no matching encoder weights.
     """
-    blob = load_checkpoint(path)
+    return match_weights(model, load_checkpoint(path), str(path))
+
+
+def match_weights(model: nn.Module, blob: dict[str, Any], source: str) -> set[str]:
+    """``load_matching_weights`` for a checkpoint already loaded from ``source``."""
     own = model.state_dict()
     take = {k: v for k, v in blob["state_dict"].items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("features.") for k in take):
-        raise CheckpointError(f"{path}: no encoder weights match model {blob.get('model')!r}")
+        raise CheckpointError(f"{source}: no encoder weights match model {blob.get('model')!r}")
     model.load_state_dict(take, strict=False)
     return set(take)
 

@@ -103,19 +103,22 @@ def _probe(args: argparse.Namespace) -> int:
 
     import torch
 
-    from train.probe import IMAGENET, load_encoder, load_probe_data, probe
+    from train.probe import IMAGENET, ProbeData, load_encoder, load_probe_data, probe
 
     torch.set_num_threads(args.threads)
     encoders = [(name, load_encoder(name)) for name in args.encoders]  # bad names fail before the slow part
-    data = load_probe_data(args.data, args.train_per_source, args.seed)
-    print(
-        f"probe: {int(data.train.sum())} training and {int((~data.train).sum())} test images "
-        f"({data.skipped} unreadable skipped)",
-        flush=True,
-    )
+    data: dict[Any, ProbeData] = {}  # one decode per view geometry; each encoder sees its own
     results = {}
-    for name, net in encoders:
-        results[name] = probe(net, data)
+    for name, enc in encoders:
+        if enc.geometry not in data:
+            data[enc.geometry] = load_probe_data(args.data, args.train_per_source, args.seed, *enc.geometry)
+            d = data[enc.geometry]
+            print(
+                f"probe: {int(d.train.sum())} training and {int((~d.train).sum())} test images "
+                f"({d.skipped} unreadable skipped) at person {enc.person.size} px, scene {enc.scene.size} px",
+                flush=True,
+            )
+        results[name] = probe(enc.net, data[enc.geometry])
         for features, per_source in results[name].items():
             cells = " | ".join(
                 f"{src} {m['accuracy'] * 100:.2f} / {m['macro_f1'] * 100:.2f}"
@@ -129,6 +132,7 @@ def _probe(args: argparse.Namespace) -> int:
         "train_per_source": args.train_per_source,
         "seed": args.seed,
         "encoders": {n: _provenance(n) if n != IMAGENET else n for n in args.encoders},
+        "geometry": {n: {"person": e.person.to_dict(), "scene": e.scene.to_dict()} for n, e in encoders},
         "results": results,
     }
     (out / "probe.json").write_text(json.dumps(report, indent=2))

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
-from train.checkpoint import load_matching_weights
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
+from train.checkpoint import checkpoint_meta, load_checkpoint, match_weights
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES, Sample
 from train.data.sources import load_source
@@ -29,6 +29,7 @@ from train.models import build_model
 from train.models.dual_view import DualViewNet
 
 IMAGENET = "imagenet"  # the encoder as initialised from ImageNet MobileNetV2, before any of our training
+IMAGENET_MODEL = "affectline_mnv2_64"  # ...probed at the default view geometry
 FEATURES = ("person", "person+scene")
 
 
@@ -62,9 +63,18 @@ def _labelled(samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if s.label >= 0 or s.dist is not None]
 
 
-def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> ProbeData:
+def load_probe_data(
+    specs: list[str],
+    train_per_source: int,
+    seed: int = 0,
+    person: ViewGeometry = DEFAULT_PERSON,
+    scene: ViewGeometry = DEFAULT_SCENE,
+) -> ProbeData:
     """Labelled training images (at most ``train_per_source`` per source, drawn at random) and every
-    test image with a majority label of each source, as default-geometry views.
+    test image with a majority label of each source, as views of the given geometry.
+
+    The images drawn depend on ``seed`` only, so encoders probed at different geometries see the
+    same images.
 
     Raises:
         ValueError: ``train_per_source`` < 1, or a source without labelled training images.
@@ -85,7 +95,7 @@ def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> P
         # Test images are scored on their majority label, as `train evaluate` scores them (FER+
         # images whose majority is contempt/unknown/not-a-face have none and are left out).
         chosen += [(train[i], True) for i in take] + [(s, False) for s in splits.test if s.label >= 0]
-    ds = DualViewDataset([s for s, _ in chosen], DEFAULT_PERSON, DEFAULT_SCENE)
+    ds = DualViewDataset([s for s, _ in chosen], person, scene)
     items = [ds[i] for i in range(len(ds))]
     ok = [i for i, it in enumerate(items) if it["valid"]]
     return ProbeData(
@@ -98,18 +108,39 @@ def load_probe_data(specs: list[str], train_per_source: int, seed: int = 0) -> P
     )
 
 
-def load_encoder(name: str) -> DualViewNet:
-    """``imagenet``, or the network with the weights of a pretraining or fine-tuning checkpoint (the
-    probe uses its encoder and view embedding only).
+@dataclass(frozen=True)
+class Encoder:
+    """A frozen encoder and the view geometry it was trained at (its probe data is cut to match).
+
+    Attributes:
+        net: The network in eval mode (the probe uses its encoder and view embedding only).
+        person: Person-view geometry.
+        scene: Scene-view geometry.
+    """
+
+    net: DualViewNet
+    person: ViewGeometry
+    scene: ViewGeometry
+
+    @property
+    def geometry(self) -> tuple[ViewGeometry, ViewGeometry]:
+        return self.person, self.scene
+
+
+def load_encoder(name: str) -> Encoder:
+    """``imagenet`` (default model at the default geometry), or the network a pretraining or
+    fine-tuning checkpoint names, with its weights and its view geometry.
 
     Raises:
         CheckpointError: unreadable checkpoint, or one without encoder weights of this model family.
     """
-    net = build_model("affectline_mnv2_64", pretrained=(name == IMAGENET))
-    assert isinstance(net, DualViewNet)
-    if name != IMAGENET:
-        load_matching_weights(net, name)
-    return net.eval()
+    if name == IMAGENET:
+        return Encoder(build_model(IMAGENET_MODEL, pretrained=True).eval(), DEFAULT_PERSON, DEFAULT_SCENE)
+    blob = load_checkpoint(name)
+    net = build_model(blob["model"], **{**blob["model_kwargs"], "pretrained": False})
+    match_weights(net, blob, name)
+    views = {spec.view: spec.geometry for spec in checkpoint_meta(blob, name).inputs}
+    return Encoder(net.eval(), views["person"], views["scene"])
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edge_agent.cli import build_parser
-from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
 from tests.conftest import shared_path
 from train.checkpoint import CheckpointError, make_meta, save_checkpoint
 from train.data.records import CLASSES
@@ -47,11 +47,27 @@ def test_pretraining_checkpoint_encoder_is_loaded(tmp_path: Path) -> None:
     cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}}
     meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, cfg, "t")
     path = save_checkpoint(tmp_path / "p.pt", net, None, 0, cfg, meta, {})
-    loaded = load_encoder(str(path))
+    loaded = load_encoder(str(path)).net
     assert torch.equal(loaded.features[3].conv[0][0].weight, net.features[3].conv[0][0].weight)
     assert not torch.equal(
-        load_encoder("imagenet").features[3].conv[0][0].weight, net.features[3].conv[0][0].weight
+        load_encoder("imagenet").net.features[3].conv[0][0].weight, net.features[3].conv[0][0].weight
     )
+
+
+def _checkpoint_at(tmp_path: Path, person: ViewGeometry, scene: ViewGeometry) -> Path:
+    name = f"affectline_mnv2_{person.size}_{scene.size}"
+    cfg = {"model": name, "model_kwargs": {"fusion_dim": 128, "dropout": 0.0}}
+    net = build_model(name, pretrained=False, fusion_dim=128, dropout=0.0)
+    meta = make_meta(CLASSES, person, scene, cfg, "t")
+    return save_checkpoint(tmp_path / f"{name}.pt", net, None, 0, cfg, meta, {})
+
+
+def test_encoder_keeps_the_model_and_view_geometry_of_its_checkpoint(tmp_path: Path) -> None:
+    person, scene = ViewGeometry(1.6, 96), ViewGeometry(3.0, 128, 0.3)
+    enc = load_encoder(str(_checkpoint_at(tmp_path, person, scene)))
+    assert enc.geometry == (person, scene)
+    assert enc.net.fuse.out_features == 128  # built with the checkpoint's kwargs, not the defaults
+    assert load_encoder("imagenet").geometry == (DEFAULT_PERSON, DEFAULT_SCENE)
 
 
 @pytest.mark.parametrize("content,error", [(b"not a checkpoint", CheckpointError), (None, CheckpointError)])
@@ -92,3 +108,17 @@ def test_probe_cli_on_real_images(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "60 training and 323 test images" in capsys.readouterr().out
     assert _cli(["train", "probe", str(tmp_path / "missing.pt"), "--data", spec, "--out", str(tmp_path)]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def test_probe_cli_cuts_views_at_each_encoders_geometry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"emotion6:{shared_path('data', 'emotion6')}"
+    other = _checkpoint_at(tmp_path, ViewGeometry(1.6, 96), ViewGeometry(3.0, 96, 0.3))
+    argv = ["train", "probe", "imagenet", str(other), "--data", spec, "--train-per-source", "20"]
+    assert _cli([*argv, "--out", str(tmp_path), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "at person 64 px, scene 64 px" in out and "at person 96 px, scene 96 px" in out
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert report["geometry"][str(other)]["person"] == {"scale": 1.6, "size": 96, "y_shift": 0.0}
+    assert report["results"][str(other)]["person"]["emotion6"]["n"] == 323  # same images, other cut
