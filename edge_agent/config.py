@@ -47,6 +47,30 @@ class RtspSource(Strict):
     url: str = Field(pattern=r"^rtsps?://")
     open_timeout_s: float = Field(10.0, gt=0, le=120)
     read_timeout_s: float = Field(5.0, gt=0, le=120)
+    backend: Literal["pyav", "opencv"] = Field(
+        "pyav", description="pyav opens a 10 fps camera in 0.8 s, opencv in 2.8 s (it ignores FFmpeg options)"
+    )
+    ffmpeg_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="FFmpeg options over rtsp_transport=tcp, fpsprobesize=0 (e.g. {rtsp_transport: udp})",
+    )
+
+    @field_validator("ffmpeg_options", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, v: Any) -> Any:
+        # YAML reads `probesize: 32` as a number; FFmpeg takes every option as text.
+        if isinstance(v, dict):
+            return {k: _option_text(x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _options_need_pyav(self) -> RtspSource:
+        if self.ffmpeg_options and self.backend != "pyav":
+            raise ValueError(
+                f"ffmpeg_options {self.ffmpeg_options} need backend: pyav "
+                "(the opencv-python wheel ignores FFmpeg options, opencv/opencv#27091)"
+            )
+        return self
 
 
 class UsbSource(Strict):
@@ -309,6 +333,13 @@ _UNIONS = {"source", "detector", "backend"}
 # so that text around a URL (JSON, messages) is never swallowed.
 _CREDENTIALS = re.compile(r"://[^/\s\"']*@")
 _SECRET_KEYS = {"password"}
+
+
+def _option_text(value: Any) -> Any:
+    """An FFmpeg option number as FFmpeg writes it (5e5 -> "500000"); anything else unchanged."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def redact(text: str) -> str:

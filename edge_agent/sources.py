@@ -6,12 +6,13 @@ Supported ``source.type`` values (how each is opened is one entry of ``_OPENERS`
   processing) is lossless: the capture thread waits for the consumer instead of dropping frames, and
   ``fps_cap`` paces reading. ``realtime: true`` paces reading at the file's fps and then behaves like
   a camera (latest frame wins, ``fps_cap`` skips frames).
-- ``rtsp``: FFmpeg over TCP (``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` unless the user
-  set that variable) with open and read timeouts. An open returns after FFmpeg has probed about 28
-  frames (1.2 s at 25 fps, 2.8 s at 10 fps). The pinned opencv-python 4.11.0.86 Linux wheel ignores
-  the *contents* of that variable (opencv/opencv#27091; any value only forces TCP), so FFmpeg
-  options such as ``analyzeduration`` cannot shorten it there (they do with 4.12.0.88, which needs
-  numpy 2 and so conflicts with mediapipe; see docs/reliability.md, Known limits).
+- ``rtsp``: FFmpeg over TCP with open and read timeouts. ``backend: pyav`` (default) opens through
+  PyAV (`edge_agent.pyav_capture`) with ``fpsprobesize=0`` and the source's ``ffmpeg_options``:
+  0.8 s for a 10 fps camera; a packet its decoder refuses costs that frame (counted as an error),
+  not the session. ``backend: opencv`` opens through OpenCV, whose pinned 4.11.0.86 Linux
+  wheel ignores FFmpeg options (opencv/opencv#27091; ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` only forces
+  TCP), so its open returns after FFmpeg has probed about 28 frames: 1.2 s at 25 fps, 2.8 s at
+  10 fps (docs/reliability.md, Known limits).
 - ``usb``: a V4L2 device index (any backend off Linux), optional requested width/height.
 - ``gstreamer``: a pipeline string ending in ``appsink``; needs an OpenCV built with GStreamer (the
   pip wheels are not; JetPack's is). Jetson example:
@@ -47,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -62,6 +63,9 @@ from edge_agent.config import (
     redact,
 )
 from edge_agent.structures import CameraState, CameraStatus, Frame
+
+if TYPE_CHECKING:
+    from edge_agent.pyav_capture import PyAVCapture
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,11 @@ def _open_file(src: FileSource) -> cv2.VideoCapture:
     return cv2.VideoCapture(src.path)
 
 
-def _open_rtsp(src: RtspSource) -> cv2.VideoCapture:
+def _open_rtsp(src: RtspSource) -> cv2.VideoCapture | PyAVCapture:
+    if src.backend == "pyav":
+        from edge_agent.pyav_capture import PyAVCapture  # PyAV's import (50 ms) only where it is used
+
+        return PyAVCapture(src.url, src.ffmpeg_options, src.open_timeout_s, src.read_timeout_s)
     # OpenCV's FFmpeg backend takes demuxer options only from this variable. TCP avoids the torn,
     # grey-smeared frames UDP gives on lossy links; a value the user set wins.
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
@@ -129,7 +137,7 @@ def _open_gstreamer(src: GstreamerSource) -> cv2.VideoCapture:
     return cv2.VideoCapture(src.pipeline, cv2.CAP_GSTREAMER)
 
 
-_OPENERS: dict[str, Callable[[Any], cv2.VideoCapture]] = {
+_OPENERS: dict[str, Callable[[Any], cv2.VideoCapture | PyAVCapture]] = {
     "file": _open_file,
     "rtsp": _open_rtsp,
     "usb": _open_usb,
@@ -329,7 +337,9 @@ class Source:
             if not cap.isOpened():
                 if self._is_file:
                     return _End.DEAD, f"camera {self.camera.name}: cannot decode {self._where} (corrupt?)"
-                return _End.DOWN, f"camera {self.camera.name}: cannot open {self._where}"
+                reason = str(getattr(cap, "error", ""))  # PyAVCapture says why; cv2 cannot
+                why = f": {redact(reason)}" if reason else ""
+                return _End.DOWN, f"camera {self.camera.name}: cannot open {self._where}{why}"
             return self._pump(cap, gen)
         except SourceUnavailable as exc:
             return _End.DEAD, f"camera {self.camera.name}: {redact(str(exc))}"
@@ -341,15 +351,19 @@ class Source:
             if cap is not None:
                 cap.release()
 
-    def _pump(self, cap: cv2.VideoCapture, gen: int) -> tuple[_End, str]:
+    def _pump(self, cap: cv2.VideoCapture | PyAVCapture, gen: int) -> tuple[_End, str]:
         """Read frames until the stream ends, fails or this thread is replaced."""
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.source_fps = fps if 0 < fps < 1000 else 0.0
         total = cap.get(cv2.CAP_PROP_FRAME_COUNT) if self._is_file else 0
         t_open, good, bad, laps = max(time.monotonic(), self._media_next), 0, 0, 0
+        damaged = 0
         while self._current(gen):
             self._mark(gen, "read")
             ok, raw = cap.read()
+            if getattr(cap, "damaged", 0) > damaged:  # packets PyAV's decoder refused (OpenCV's: silent)
+                self._count_error(getattr(cap, "damaged", 0) - damaged)
+                damaged = getattr(cap, "damaged", 0)
             t_mono, t_wall = time.monotonic(), time.time()
             image = _as_bgr(raw) if ok else None
             if image is None:
@@ -474,9 +488,9 @@ class Source:
             if gen == self._gen:
                 self._phase = (phase, time.monotonic())
 
-    def _count_error(self) -> None:
+    def _count_error(self, n: int = 1) -> None:
         with self._cond:
-            self._errors += 1
+            self._errors += n
 
     def _finish(self, gen: int, state: CameraState, detail: str) -> None:
         with self._cond:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.edge_agent.conftest import Received, free_port
-from tests.rtsp_server import RtspServer, camera_clip, unavailable
+from tests.rtsp_server import CAMERA_FPS, RtspServer, camera_clip, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_ENV = "AFFECTLINE_SLOW"
@@ -41,22 +41,22 @@ def env_float(name: str, default: float) -> float:
 def rtsp_server(
     one_by_one_clip: Path, pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., RtspServer]]:
-    """``make(user=None, password=None) -> RtspServer``, started; stopped after.
+    """``make(user=None, password=None, fps=25) -> RtspServer``, started; stopped after.
 
-    Serves the first 60 s of ``one-by-one-person-detection.mp4`` re-encoded at 25 fps (made once,
+    Serves the first 60 s of ``one-by-one-person-detection.mp4`` re-encoded at ``fps`` (made once,
     kept in pytest's cache directory, or in the session's temporary directory when the cache
-    plugin is off): the 10 fps original would make every RTSP open 2.8 s.
+    plugin is off). 25 fps is a typical IP camera main stream; at 10 fps, the original's rate, an
+    RTSP open through OpenCV takes 2.8 s (docs/reliability.md, Known limits).
     """
     why = unavailable()
     if why:
         pytest.skip(why)
     cache = getattr(pytestconfig, "cache", None)
     folder = cache.mkdir("rtsp-camera-clips") if cache else tmp_path_factory.mktemp("rtsp-camera-clips")
-    clip = camera_clip(one_by_one_clip, folder)
     servers: list[RtspServer] = []
 
-    def make(user: str | None = None, password: str | None = None) -> RtspServer:
-        server = RtspServer(free_port(), clip, user, password)
+    def make(user: str | None = None, password: str | None = None, fps: int = CAMERA_FPS) -> RtspServer:
+        server = RtspServer(free_port(), camera_clip(one_by_one_clip, folder, fps), user, password)
         servers.append(server)
         server.start()
         return server

@@ -44,6 +44,21 @@ def test_shipped_config_is_valid() -> None:
             {"type": "rtsp", "url": "http://cam"},
             "cameras.0.source.url: value 'http://cam'",
         ),
+        (
+            "cameras.0.source",
+            {"type": "rtsp", "url": "rtsp://cam/1", "backend": "opencv", "ffmpeg_options": {"x": "1"}},
+            "ffmpeg_options {'x': '1'} need backend: pyav",
+        ),
+        (
+            "cameras.0.source",
+            {"type": "rtsp", "url": "rtsp://cam/1", "backend": "ffmpeg"},
+            "cameras.0.source.backend: value 'ffmpeg'",
+        ),
+        (
+            "cameras.0.source",
+            {"type": "rtsp", "url": "rtsp://cam/1", "ffmpeg_options": {"probesize": [32]}},
+            "cameras.0.source.ffmpeg_options.probesize: value [32]",
+        ),
         ("cameras.0.source", {"type": "gstreamer", "pipeline": "v4l2src ! fakesink"}, "appsink"),
         ("cameras.0.source", {"type": "file"}, "cameras.0.source.path: required key is missing"),
         ("cameras.0.roi", [0.5, 0, 0.4, 1], "roi must satisfy"),
@@ -63,6 +78,25 @@ def test_bad_values_name_path_value_and_rule(path: str, value: object, expected:
     with pytest.raises(ConfigError) as info:
         parse_config(with_(path, value))
     assert any(expected in line for line in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, {}),
+        (
+            {"probesize": 32, "analyzeduration": 5e5, "x": 0.5},
+            {"probesize": "32", "analyzeduration": "500000", "x": "0.5"},
+        ),
+    ],
+)
+def test_ffmpeg_option_numbers_are_passed_as_text(
+    options: dict[str, object], expected: dict[str, str]
+) -> None:
+    source = {"type": "rtsp", "url": "rtsp://cam/1", "ffmpeg_options": options}
+    cfg = parse_config(with_("cameras.0.source", source))
+    assert cfg.cameras[0].source.ffmpeg_options == expected  # type: ignore[union-attr]
+    assert cfg.cameras[0].source.backend == "pyav"  # type: ignore[union-attr]
 
 
 def test_duplicate_camera_names_rejected() -> None:

@@ -325,16 +325,19 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_rtsp_retries_with_backoff_and_hides_password() -> None:
+@pytest.mark.parametrize(("backend", "reason"), [("pyav", ": Connection refused"), ("opencv", "")])
+def test_unreachable_rtsp_retries_with_backoff_and_hides_password(backend: str, reason: str) -> None:
     rec = Recorder()
     url = f"rtsp://admin:s3cret@127.0.0.1:{_closed_port()}/stream"
-    src = open_source(camera({"type": "rtsp", "url": url, "open_timeout_s": 1}), on_status=rec)
+    source = {"type": "rtsp", "url": url, "open_timeout_s": 1, "backend": backend}
+    src = open_source(camera(source), on_status=rec)
     src.start()
     assert wait_for(lambda: src.status().reconnects >= 2)
     status = src.status()
     src.close()
     assert status.state == "offline" and not src.read(timeout=0)
     assert "rtsp://***@127.0.0.1" in status.detail and "cam" in status.detail
+    assert f"/stream{reason};" in status.detail  # PyAV says why the open failed; OpenCV cannot
     assert all("s3cret" not in r.detail and "admin" not in r.detail for r in rec.reports)
     retries = [r.detail.rsplit("retrying in ", 1)[1] for r in rec.reports if "retrying" in r.detail]
     assert retries[:3] == ["0.1 s", "0.2 s", "0.4 s"]  # doubling, then capped at max_backoff_s
