@@ -92,16 +92,40 @@ def dataset_views(
     Raises:
         CalibrationDataError: bad split or spec, or no usable sample.
     """
-    from train.data.dataset import BadImageError, DualViewDataset
-
     if split not in SPLITS:
         raise CalibrationDataError(f"split={split!r}: allowed {SPLITS}")
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
     held = held_out_split(meta, **(held_out or {}))
-    samples = []
-    for spec in specs:
-        samples += getattr(_load_parts(spec, held), split)
+    samples = [s for spec in specs for s in getattr(_load_parts(spec, held), split)]
+    return _views(meta, samples, specs, split, n, seed, balanced)
+
+
+def gate_views(meta: ModelMeta, specs: Sequence[str], n: int, seed: int = 0) -> tuple[str, ViewSet]:
+    """The part an INT8 build is gated on, and up to ``n`` of its samples in their natural class mix.
+
+    ``val`` when some source has a validation part under the model's training split, else
+    ``test``: a build picks its fallback step by its score on this part, and scoring the choice on
+    the part it was picked on would flatter it, so the validation part comes first.
+
+    Raises:
+        CalibrationDataError: bad spec, ``n`` < 1, or no usable sample.
+    """
+    if n < 1:
+        raise CalibrationDataError(f"n={n}: must be >= 1")
+    held = held_out_split(meta)
+    parts = [_load_parts(spec, held) for spec in specs]  # label files read once
+    split = "val" if any(p.val for p in parts) else "test"
+    samples = [s for p in parts for s in getattr(p, split)]
+    return split, _views(meta, samples, specs, split, n, seed, balanced=False)
+
+
+def _views(
+    meta: ModelMeta, samples: list[Any], specs: Sequence[str], split: str, n: int, seed: int, balanced: bool
+) -> ViewSet:
+    """Views of up to ``n`` of ``samples`` (see `dataset_views`); unreadable images are skipped."""
+    from train.data.dataset import BadImageError, DualViewDataset
+
     if meta.classes != _train_classes():
         raise CalibrationDataError(
             f"model classes {meta.classes} differ from the dataset classes {_train_classes()}"
@@ -145,19 +169,6 @@ def _train_classes() -> tuple[str, ...]:
     from train.data.records import CLASSES
 
     return tuple(CLASSES)
-
-
-def gate_split(meta: ModelMeta, specs: Sequence[str]) -> str:
-    """``val`` when some source has a validation part under the model's training split, else ``test``.
-
-    An INT8 build picks its fallback step by its score on this part; scoring the choice on the
-    part it was picked on would flatter it, so the validation part comes first.
-
-    Raises:
-        CalibrationDataError: a spec that does not load.
-    """
-    held = held_out_split(meta)
-    return "val" if any(_load_parts(spec, held).val for spec in specs) else "test"
 
 
 def held_out_split(meta: ModelMeta, **overrides: float | None) -> dict[str, float]:

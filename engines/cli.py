@@ -110,15 +110,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from calibration.datasets import gate_split
+    from calibration.datasets import gate_views
     from engines.quantize import quantize_int8
     from engines.verify import read_meta
 
     onnx = _model_path(args.onnx)
     meta = read_meta(onnx)
-    split = "test" if args.samples or not _specs(args) else gate_split(meta, _specs(args))
-    eval_set = _samples(args, meta, split, args.count)
-    if not args.samples:
+    if args.samples or not _specs(args):
+        eval_set = _samples(args, meta, "test", args.count)
+    else:
+        split, eval_set = gate_views(meta, _specs(args), args.count, seed=1)
         print(f"accuracy gate on the {split} part of {', '.join(_specs(args))}")
     report = quantize_int8(
         onnx,

@@ -11,7 +11,7 @@ from calibration.datasets import (
     CalibrationDataError,
     balanced_order,
     dataset_views,
-    gate_split,
+    gate_views,
     luma,
     normalise,
 )
@@ -97,7 +97,11 @@ def test_the_int8_gate_uses_the_validation_part_when_there_is_one(
     model = dataclasses.replace(
         meta, train_split={"test_fraction": 0.2, "split_seed": 0, "val_fraction": val_fraction}
     )
-    assert gate_split(model, [expw_spec if source == "expw" else ferplus_spec]) == want
+    spec = expw_spec if source == "expw" else ferplus_spec
+    split, views = gate_views(model, [spec], 50)
+    assert split == want
+    same = dataset_views(model, [spec], want, 50, seed=0, balanced=False)
+    assert views.origin.tolist() == same.origin.tolist()  # the same draw as asking for that part
 
 
 def test_held_out_split_never_meets_train(meta: ModelMeta, expw_spec: str) -> None:
