@@ -24,6 +24,9 @@ import numpy as np
 # Over TCP: UDP gives torn, grey-smeared frames on lossy links. No frame-rate probe: the SDP's
 # ``a=framerate`` or the stream's time base gives the rate, and the open is ~2 s shorter at 10 fps.
 DEFAULT_OPTIONS: dict[str, str] = {"rtsp_transport": "tcp", "fpsprobesize": "0"}
+# Refused packets in a row that end the session: a decoder that refuses everything (e.g. parameter
+# sets lost) will not recover by itself, and a reconnect fetches them afresh. 50 = 2 s at 25 fps.
+MAX_DAMAGED_RUN = 50
 
 
 class PyAVCapture:
@@ -67,11 +70,17 @@ class PyAVCapture:
     def _decode(self, stream: Any) -> Iterator[Any]:
         """Frames of ``stream``, decoded packet by packet: PyAV's own ``decode`` generator ends at the
         first damaged packet (a lossy link would cost a reconnect); here only that packet is lost."""
+        run = 0
         for packet in self._container.demux(stream):
             try:
-                yield from packet.decode()
+                frames = packet.decode()
             except av.InvalidDataError:
-                self.damaged += 1
+                self.damaged, run = self.damaged + 1, run + 1
+                if run >= MAX_DAMAGED_RUN:
+                    raise ValueError(f"the decoder refused {run} packets in a row") from None
+                continue
+            run = 0 if frames else run
+            yield from frames
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name, so the capture loop takes both
         return self._frames is not None

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.pyav_capture import PyAVCapture
+from edge_agent.pyav_capture import MAX_DAMAGED_RUN, PyAVCapture
 from tests.edge_agent.conftest import free_port
 from tests.edge_agent.faultkit import rtsp_server
 from tests.rtsp_server import RtspServer
@@ -134,3 +134,20 @@ def test_damaged_packets_cost_their_frames_not_the_stream(single_face_clip: Path
         frames += 1
     assert cap.damaged >= 1 and cap.error == "end of stream"
     assert frames >= 60, frames  # of 72
+
+
+def test_a_stream_the_decoder_refuses_throughout_ends_the_session(
+    single_face_clip: Path, tmp_path: Path
+) -> None:
+    """The clip's H.264 parameter sets (avcC) zeroed: every packet is refused, so the capture gives up
+    after MAX_DAMAGED_RUN of them (a reconnect would fetch the parameters afresh) instead of reading on."""
+    data = bytearray(single_face_clip.read_bytes())
+    at = data.find(b"avcC")
+    assert at > 0
+    data[at + 12 : at + 40] = bytes(28)  # SPS/PPS payload gone, box sizes intact
+    clip = tmp_path / "no-parameter-sets.mp4"
+    clip.write_bytes(data)
+    cap = PyAVCapture(str(clip), {}, 5.0, 5.0)
+    assert cap.isOpened(), cap.error
+    assert cap.read() == (False, None)
+    assert cap.damaged == MAX_DAMAGED_RUN and "refused 50 packets in a row" in cap.error
