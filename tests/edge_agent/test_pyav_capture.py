@@ -121,7 +121,7 @@ def test_a_hanging_open_does_not_hold_up_another_cameras_open(
 
 def test_damaged_packets_cost_their_frames_not_the_stream(single_face_clip: Path, tmp_path: Path) -> None:
     """40 random 200-byte spans overwritten in a real clip: PyAV's own decode generator stops at the
-    first refused packet (19 of 72 frames); packet-by-packet decoding goes on to the end."""
+    first refused packet (after 11 of 72 frames); packet-by-packet decoding goes on to the end."""
     data = bytearray(single_face_clip.read_bytes())
     rng = np.random.default_rng(0)
     for start in rng.integers(len(data) // 5, len(data) * 4 // 5, 40):
