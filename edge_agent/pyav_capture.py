@@ -51,7 +51,7 @@ class PyAVCapture:
         self._container: Any = None
         self._frames: Iterator[Any] | None = None
         self._fps = 0.0
-        self._timeouts = (open_timeout_s, read_timeout_s)
+        self._read_timeout_s = read_timeout_s
         t0 = time.monotonic()
         try:
             self._container = av.open(
@@ -97,7 +97,7 @@ class PyAVCapture:
             self.error = "end of stream"
             return False, None
         except (av.FFmpegError, ValueError) as exc:
-            self.error = _reason(exc, time.monotonic() - t0, self._timeouts[1], "no data")
+            self.error = _reason(exc, time.monotonic() - t0, self._read_timeout_s, "no data")
             return False, None
         return True, frame.to_ndarray(format="bgr24")
 

@@ -361,9 +361,10 @@ class Source:
         while self._current(gen):
             self._mark(gen, "read")
             ok, raw = cap.read()
-            if getattr(cap, "damaged", 0) > damaged:  # packets PyAV's decoder refused (OpenCV's: silent)
-                self._count_error(getattr(cap, "damaged", 0) - damaged)
-                damaged = getattr(cap, "damaged", 0)
+            refused = getattr(cap, "damaged", 0)  # packets PyAV's decoder refused (OpenCV's: silent)
+            if refused > damaged:
+                self._count_error(refused - damaged)
+                damaged = refused
             t_mono, t_wall = time.monotonic(), time.time()
             image = _as_bgr(raw) if ok else None
             if image is None:
