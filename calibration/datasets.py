@@ -97,7 +97,7 @@ def dataset_views(
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
     held = held_out_split(meta, **(held_out or {}))
-    samples = [s for spec in specs for s in getattr(_load_parts(spec, held), split)]
+    samples = [s for spec in specs for s in getattr(load_parts(spec, held), split)]
     return _views(meta, samples, specs, split, n, seed, balanced)
 
 
@@ -114,7 +114,7 @@ def gate_views(meta: ModelMeta, specs: Sequence[str], n: int, seed: int = 0) -> 
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
     held = held_out_split(meta)
-    parts = [_load_parts(spec, held) for spec in specs]  # label files read once
+    parts = [load_parts(spec, held) for spec in specs]  # label files read once
     split = "val" if any(p.val for p in parts) else "test"
     samples = [s for p in parts for s in getattr(p, split)]
     return split, _views(meta, samples, specs, split, n, seed, balanced=False)
@@ -178,7 +178,7 @@ def held_out_split(meta: ModelMeta, **overrides: float | None) -> dict[str, floa
     return {**default_train_split(), **meta.train_split, **given}
 
 
-def _load_parts(spec: str, held: dict[str, float]) -> Any:
+def load_parts(spec: str, held: dict[str, float]) -> Any:
     """`train.data.sources.load_source` under the split settings ``held``.
 
     Raises:

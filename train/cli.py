@@ -47,9 +47,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from calibration.datasets import held_out_split
+    from calibration.datasets import held_out_split, load_parts
     from train.checkpoint import load_model
-    from train.data.sources import load_source
     from train.evaluate import agent_predictor, evaluate, torch_predictor, write_report
 
     torch.set_num_threads(args.threads)
@@ -64,7 +63,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor = torch_predictor(model)
     held = held_out_split(meta)
     for spec in args.data:
-        splits = load_source(spec, held["test_fraction"], int(held["split_seed"]), held["val_fraction"])
+        splits = load_parts(spec, held)
         split = args.split
         samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
         if not samples:
