@@ -189,6 +189,9 @@ class Inference(Strict):
         0.2, gt=0, le=10, description="box size change that forces re-inference"
     )
     max_batch: int = Field(16, ge=1, le=256)
+    mirror_average: bool = Field(
+        True, description="also run each person's views mirrored and average both results (2x model time)"
+    )
 
 
 # ----------------------------------------------------------------------------- smoothing

@@ -49,18 +49,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from calibration.datasets import held_out_split, load_parts
     from train.checkpoint import load_model
-    from train.evaluate import agent_predictor, evaluate, torch_predictor, write_report
+    from train.evaluate import agent_predictor, evaluate, mirror_averaged, torch_predictor, write_report
 
     torch.set_num_threads(args.threads)
-    if args.checkpoint in PEERS:
-        predictor, meta = _peer(args.checkpoint, args.threads)
-    elif _is_agent_model(args.checkpoint):
-        predictor, meta = agent_predictor(args.checkpoint, args.threads)
+    if _is_agent_model(args.checkpoint):
+        predictor, meta = agent_predictor(args.checkpoint, args.threads, args.mirror)
         if not meta.train_split:
             print(f"{args.checkpoint}: records no training split; held-out parts of the default split")
     else:
-        model, meta = load_model(args.checkpoint)  # its train_split comes from its config
-        predictor = torch_predictor(model)
+        if args.checkpoint in PEERS:
+            predictor, meta = _peer(args.checkpoint, args.threads)
+        else:
+            model, meta = load_model(args.checkpoint)  # its train_split comes from its config
+            predictor = torch_predictor(model)
+        predictor = mirror_averaged(predictor) if args.mirror else predictor
     held = held_out_split(meta)
     for spec in args.data:
         splits = load_parts(spec, held)
@@ -82,6 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "checkpoint": _provenance(args.checkpoint),
             "data": spec,
             "split": split,
+            "mirror_average": args.mirror,
             "config_sha256": meta.train_config_sha256,
             "readers": [r.summary() for r in splits.reports],
         }
@@ -218,6 +221,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/eval", help="folder for the JSON reports and PNGs")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each result with that of the mirrored views, as the agent's "
+        "inference.mirror_average does by default (--no-mirror: one pass, as before 2026-11-27)",
+    )
     p.set_defaults(func=_guard(_evaluate))
 
     p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")

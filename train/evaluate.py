@@ -55,6 +55,22 @@ def torch_predictor(model: nn.Module, device: str = "cpu") -> Predictor:
     return predict
 
 
+def mirror_averaged(predictor: Predictor) -> Predictor:
+    """``predictor`` averaged with itself on the mirrored views, as the agent's ``mirror_average``.
+
+    Works for any predictor (ours as a checkpoint, the peers), so that comparisons run every model
+    the same way; exported models go through the agent's own code instead (``agent_predictor``).
+    """
+
+    def predict(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, va = predictor(person, scene)
+        flip = (np.ascontiguousarray(x[:, :, ::-1]) for x in (person, scene))  # (N, H, W, 3): width is axis 2
+        probs_m, va_m = predictor(*flip)
+        return (probs + probs_m) / 2, (va + va_m) / 2
+
+    return predict
+
+
 def fer_cnn_predictor(class_va: np.ndarray) -> Predictor:
     """The packaged FER2013 CNN of ``facial-emotion-recognition==0.3.4`` as a peer ``Predictor``.
 
@@ -256,17 +272,18 @@ def peer_predictor(name: str, class_va: np.ndarray, threads: int = 1) -> tuple[P
     return tflite_peer_predictor(peer, class_va, threads), peer.requirement
 
 
-def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]:
+def agent_predictor(model: str, threads: int = 1, mirror_average: bool = True) -> tuple[Predictor, ModelMeta]:
     """An exported ONNX model (FP32 or INT8 Q/DQ) run through the agent's own inference code.
 
     The agent's ONNX Runtime backend loads and checks the file, its ``Preprocessor`` normalises the
-    views as the file's metadata says and its ``softmax`` turns logits into probabilities, so the
+    views as the file's metadata says and its ``predict`` turns logits into probabilities, so the
     numbers are what ``affectline run`` does with the same crops (which both cut with
     ``edge_agent.views``).
 
     Args:
         model: Path of the .onnx file, or a built-in model name (``default``, ``default-int8``, ...).
         threads: ONNX Runtime intra-op threads.
+        mirror_average: Average with the mirrored views' result, as ``inference.mirror_average``.
 
     Returns:
         The predictor (probabilities in ``CLASSES`` order) and the file's metadata with that order.
@@ -276,7 +293,7 @@ def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]
             classes are not ``CLASSES``.
     """
     from edge_agent.config import OnnxRuntimeBackend
-    from edge_agent.infer import ModelLoadError, OrtBackend, Preprocessor, softmax
+    from edge_agent.infer import ModelLoadError, OrtBackend, Preprocessor, predict
 
     backend = OrtBackend(OnnxRuntimeBackend(type="onnxruntime", model=model, threads=threads))
     meta = backend.meta
@@ -287,15 +304,15 @@ def agent_predictor(model: str, threads: int = 1) -> tuple[Predictor, ModelMeta]
     prep = Preprocessor(meta)
     specs = [meta.input_for("person"), meta.input_for("scene")]
 
-    def predict(person_rgb: np.ndarray, scene_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(person_rgb: np.ndarray, scene_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = {}
         for spec, rgb in zip(specs, (person_rgb, scene_rgb), strict=True):
             views = rgb if spec.color == "RGB" else rgb[..., ::-1]  # dataset crops are RGB
             inputs[spec.name] = prep.normalise(spec.name, views)
-        logits, va = backend.run(inputs)
-        return softmax(logits)[:, order], va
+        probs, va = predict(backend, inputs, mirror_average)
+        return probs[:, order], va
 
-    return predict, dataclasses.replace(meta, classes=CLASSES)
+    return run, dataclasses.replace(meta, classes=CLASSES)
 
 
 def evaluate(

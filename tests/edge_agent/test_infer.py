@@ -19,6 +19,8 @@ from edge_agent.infer import (
     ModelLoadError,
     OrtBackend,
     Preprocessor,
+    mirrored,
+    predict,
     softmax,
 )
 from edge_agent.structures import Detections, Frame, FrameResult
@@ -165,6 +167,62 @@ def test_ended_tracks_are_forgotten(tiny: Path) -> None:
     inf.forget("a", (1,))
     again = inf.infer([result("a", 1, [[50, 50, 90, 90]])])[0]
     assert again.detections.data["observed"][0]
+
+
+@pytest.mark.parametrize("width", [1, 2, 32])
+def test_mirrored_flips_only_the_width(width: int) -> None:
+    x = np.arange(2 * 3 * 4 * width, dtype=np.float32).reshape(2, 3, 4, width)
+    m = mirrored({"person": x})["person"]
+    assert m.shape == x.shape and m.flags.c_contiguous
+    assert np.array_equal(m[..., ::-1], x)  # width reversed, batch/channel/height untouched
+    assert np.array_equal(mirrored(mirrored({"p": x}))["p"], x)
+
+
+def _inputs(b: OrtBackend, n: int, seed: int, symmetric: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in b.meta.inputs:
+        x = rng.normal(size=(n, 3, spec.geometry.size, spec.geometry.size)).astype(np.float32)
+        out[spec.name] = (x + x[..., ::-1]) / 2 if symmetric else x
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped() -> OrtBackend:
+    """The shipped FP32 model: a real network that, unlike the tiny pooled one, sees left from right."""
+    return backend(BUILTIN_MODELS["default"])
+
+
+def test_predict_mirror_average_is_the_mean_of_both_runs(shipped: OrtBackend) -> None:
+    b = shipped
+    x = _inputs(b, 5, seed=0)
+    plain, va = predict(b, x, mirror_average=False)
+    logits, va_run = b.run(x)
+    assert np.allclose(plain, softmax(logits)) and np.allclose(va, va_run)
+    logits_m, va_m = b.run(mirrored(x))
+    avg, va_avg = predict(b, x, mirror_average=True)
+    assert np.allclose(avg, (softmax(logits) + softmax(logits_m)) / 2, atol=1e-6)
+    assert np.allclose(va_avg, (va_run + va_m) / 2, atol=1e-6)
+    assert np.allclose(avg.sum(1), 1, atol=1e-5) and not np.allclose(avg, plain, atol=1e-3)
+
+
+def test_predict_mirror_average_changes_nothing_for_symmetric_views(shipped: OrtBackend) -> None:
+    x = _inputs(shipped, 3, seed=1, symmetric=True)
+    on, off = predict(shipped, x, True), predict(shipped, x, False)
+    assert np.allclose(on[0], off[0], atol=1e-5) and np.allclose(on[1], off[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_inferencer_follows_mirror_average(shipped: OrtBackend, mirror: bool) -> None:
+    """The stage's raw estimate is exactly ``predict`` on its own views, with the configured mirroring."""
+    faces = [[50, 50, 90, 90], [150, 60, 190, 100]]
+    img = np.random.default_rng(2).integers(0, 255, (240, 320, 3), np.uint8)
+    b = shipped
+    out = EmotionInferencer(b, Inference(mirror_average=mirror)).infer([result("a", 0, faces, img)])[0]
+    pre = Preprocessor(b.meta)
+    views = pre.views(img, np.array(faces, np.float32))
+    want, _ = predict(b, {k: pre.normalise(k, v) for k, v in views.items()}, mirror)
+    assert np.allclose(out.detections.data["probs_raw"], want, atol=1e-6)
 
 
 def test_softmax_is_stable() -> None:

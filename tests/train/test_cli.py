@@ -69,6 +69,23 @@ def test_evaluate_manifest_writes_report_and_skips_bad_samples(tmp_path: Path, c
     assert (tmp_path / "ev" / "manifest_test_confusion.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("model", ["checkpoint", "default"])
+@pytest.mark.parametrize("flag", ["--no-mirror", "--mirror", None])
+def test_evaluate_records_mirror_average(
+    tmp_path: Path, checkpoint: Path, model: str, flag: str | None
+) -> None:
+    """Mirror averaging is on unless --no-mirror, for checkpoints and agent models alike, and said so."""
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
+    (tmp_path / "m.csv").write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces))
+    name = str(checkpoint) if model == "checkpoint" else model
+    data = f"manifest:{tmp_path / 'm.csv'}"
+    argv = ["train", "evaluate", name, "--data", data, "--out", str(tmp_path / "ev")]
+    assert _cli([*argv, "--threads", "1", *([flag] if flag else [])]) == 0
+    report = json.loads((tmp_path / "ev" / "manifest_test.json").read_text())
+    assert report["mirror_average"] is (flag != "--no-mirror")
+    assert report["n_samples"] == 3
+
+
 @pytest.mark.parametrize(
     "val_fraction,spec,report,n",
     [

@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
 from train.data.records import CLASSES, Sample
-from train.evaluate import confusion_png, evaluate, write_report
+from train.evaluate import confusion_png, evaluate, mirror_averaged, write_report
 from train.metrics import classification_report, confusion, va_report
 
 
@@ -60,6 +60,28 @@ def test_evaluate_with_any_predictor(tmp_path: Path) -> None:
     assert result.report["valence_arousal"]["valence_mae"] < 0.05
     path = write_report(result, tmp_path / "out", "t", CLASSES, {"data": "x"})
     assert path.exists() and (tmp_path / "out" / "t_confusion.png").exists()
+
+
+def _left_half_predictor(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Happy with probability = the brightness of the person view's left half; valence the same."""
+    b = person[:, :, : person.shape[2] // 2].reshape(len(person), -1).mean(1) / 255
+    probs = np.zeros((len(person), 7))
+    probs[:, 3], probs[:, 4] = b, 1 - b
+    return probs, np.stack([b, np.zeros_like(b)], 1)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "happy"),
+    [(0, 0, 0.0), (255, 255, 1.0), (255, 0, 0.5), (0, 255, 0.5)],
+)
+def test_mirror_averaged_sees_both_halves(left: int, right: int, happy: float) -> None:
+    person = np.zeros((1, 8, 8, 3), np.uint8)
+    person[:, :, :4], person[:, :, 4:] = left, right
+    scene = np.zeros((1, 8, 8, 3), np.uint8)
+    probs, va = mirror_averaged(_left_half_predictor)(person, scene)
+    assert probs[0, 3] == pytest.approx(happy) and va[0, 0] == pytest.approx(happy)
+    assert probs.sum() == pytest.approx(1.0)
+    assert _left_half_predictor(person, scene)[0][0, 3] == pytest.approx(left / 255)
 
 
 def test_confusion_png_size(tmp_path: Path) -> None:
