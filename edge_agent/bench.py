@@ -133,6 +133,7 @@ def bench_clip(
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "persons": len(persons),
         "model_calls": pipeline.inferencer.calls,
+        "mirror_average": pipeline.inferencer.cfg.mirror_average,  # two model runs per call when on
         "pipeline": pipeline.counters(),
     }
 

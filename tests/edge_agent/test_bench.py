@@ -45,6 +45,7 @@ def test_bench_clip_reports_every_frame(
     assert set(report["stage_ms"]) >= {"decode", "detect", "track", "infer", "smooth", "publish"}
     lat = report["frame_to_output_ms"]
     assert 0 < lat["p50"] <= lat["p99"]
+    assert report["mirror_average"] is True and report["model_calls"] > 0  # the default, as reported
 
 
 def test_short_soak_runs_the_agent_and_samples_resources(tmp_path: Path, single_face_clip: Path) -> None:
