@@ -42,10 +42,23 @@ class _RunViews:
     scene_y_shift: float
 
     def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
-        """Person and scene view geometry: the config's scales with the model's input sizes."""
+        """Person and scene view geometry: the config's scales with the model's input sizes.
+
+        Raises:
+            ValueError: the model's views differ in size. They cannot then share one 2N batch, so
+                BatchNorm would train each view on its own batch statistics but run both on shared
+                running statistics at inference (docs/results.md, ``r7``: raw FER+ Valid 56.5 % after
+                one epoch at 96/64, against 68.6 % at 64/64).
+        """
         from train.models import view_sizes
 
         sp, ss = view_sizes(self.model)
+        if sp != ss:
+            raise ValueError(
+                f"model {self.model!r}: person and scene views of unequal size ({sp} and {ss} px) cannot "
+                f"be trained (BatchNorm statistics would differ between training and inference); "
+                f"use one size for both views, e.g. affectline_mnv2_{sp}"
+            )
         return ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift)
 
 

@@ -139,6 +139,14 @@ def test_evaluate_bad_input_exit_2(
     assert message in capsys.readouterr().err
 
 
+def test_finetune_with_unequal_view_sizes_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "finetune", "--model", "affectline_mnv2_96_64", "--data", f"manifest:{tmp_path}/m.csv"]
+    assert _cli([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "affectline_mnv2_96_64" in err and "unequal size" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_evaluate_missing_checkpoint_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(["train", "evaluate", str(tmp_path / "none.pt"), "--data", f"manifest:{tmp_path}"]) == 2
     assert "none.pt does not exist" in capsys.readouterr().err

@@ -46,3 +46,26 @@ def test_flags_left_out_keep_the_defaults() -> None:
 def test_finetune_config_refuses_bad_values(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FinetuneConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "model,sizes",
+    [
+        ("affectline_mnv2_32", (32, 32)),
+        ("affectline_mnv2_96", (96, 96)),
+        ("affectline_mnv2_96_96", (96, 96)),
+        ("affectline_mnv2_96_64", None),
+        ("affectline_mnv2_64_128", None),
+    ],
+)
+@pytest.mark.parametrize("cls", [FinetuneConfig, PretrainConfig])
+def test_runs_train_only_views_of_equal_size(
+    cls: type[FinetuneConfig] | type[PretrainConfig], model: str, sizes: tuple[int, int] | None
+) -> None:
+    cfg = cls(model=model)
+    if sizes is None:
+        with pytest.raises(ValueError, match=rf"{model}'.*unequal size.*BatchNorm"):
+            cfg.geometries()
+    else:
+        person, scene = cfg.geometries()
+        assert (person.size, scene.size) == sizes
