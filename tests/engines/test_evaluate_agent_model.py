@@ -18,7 +18,7 @@ from engines.artifacts import sha256_file
 from tests.conftest import shared_path
 from tests.model_factory import CLASSES, make_tiny_model, tiny_meta
 from train.checkpoint import load_model
-from train.evaluate import agent_predictor, torch_predictor
+from train.evaluate import agent_predictor, mirror_averaged, torch_predictor
 
 
 def _cli(argv: list[str]) -> int:
@@ -42,11 +42,14 @@ def _faces(n: int) -> list[Path]:
     return sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:n]
 
 
-def test_onnx_through_the_agent_matches_pytorch(checkpoint: Path, fp32_onnx: Path) -> None:
+@pytest.mark.parametrize("mirror", [False, True])
+def test_onnx_through_the_agent_matches_pytorch(checkpoint: Path, fp32_onnx: Path, mirror: bool) -> None:
+    """Single pass and mirror-averaged alike: the agent's ``predict`` and evaluation's wrapper agree."""
     model, meta = load_model(checkpoint)
     person, scene = _views(meta, _faces(16))
-    want_p, want_va = torch_predictor(model)(person, scene)
-    predict, meta = agent_predictor(str(fp32_onnx))
+    reference = torch_predictor(model)
+    want_p, want_va = (mirror_averaged(reference) if mirror else reference)(person, scene)
+    predict, meta = agent_predictor(str(fp32_onnx), mirror_average=mirror)
     got_p, got_va = predict(person, scene)
     assert meta.classes == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     np.testing.assert_allclose(got_p, want_p, atol=1e-4)
