@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
 from edge_agent.modelmeta import ModelContractError, ModelMeta
-from edge_agent.smooth import observation_quality
+from edge_agent.smooth import SHARPNESS_SIDE, observation_quality
 from edge_agent.structures import FrameResult
 from edge_agent.views import crop_square, square_boxes
 
@@ -221,6 +221,7 @@ class Preprocessor:
 
     def __init__(self, meta: ModelMeta):
         self.specs = meta.inputs
+        self.person = meta.input_for("person")
         # (x/255 - mean)/std == x*scale + offset, per RGB channel.
         self._scale = {s.name: (1 / (255 * np.asarray(s.std, np.float32))) for s in meta.inputs}
         self._offset = {
@@ -241,6 +242,17 @@ class Preprocessor:
             # Frames are BGR (OpenCV); flip only for inputs the model wants as RGB.
             out[spec.name] = arr[..., ::-1] if spec.color == "RGB" else arr
         return out
+
+    def sharpness(self, image: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        """(N,) Laplacian variance of each person view, cut again at ``SHARPNESS_SIDE`` px in grey.
+
+        The quality scale in ``edge_agent.smooth`` was set at that side; measuring at the model's own
+        input size would make a 96-px model see every face as ~4.5x blurrier than a 64-px one.
+        """
+        geometry = self.person.geometry
+        boxes = square_boxes(anchors, geometry)
+        crops = (crop_square(image, b, SHARPNESS_SIDE) for b in boxes)
+        return np.array([sharpness(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY)) for c in crops], np.float64)
 
     def normalise(self, name: str, views: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 model input."""
@@ -303,15 +315,17 @@ class EmotionInferencer:
 
     def _run_batch(self, todo: list[tuple[FrameResult, np.ndarray]]) -> None:
         views: dict[str, list[np.ndarray]] = {s.name: [] for s in self.meta.inputs}
+        sharp: list[np.ndarray] = []
         owners: list[tuple[FrameResult, int]] = []
         for result, rows in todo:
             det = result.detections
             assert det.face_xyxy is not None
             for name, arr in self.pre.views(result.frame.image, det.face_xyxy[rows]).items():
                 views[name].append(arr)
+            sharp.append(self.pre.sharpness(result.frame.image, det.face_xyxy[rows]))
             owners.extend((result, int(i)) for i in rows)
         stacked = {k: np.concatenate(v) for k, v in views.items()}
-        person_name = self.meta.input_for("person").name
+        sharpness_all = np.concatenate(sharp)
         n = len(owners)
         for start in range(0, n, self.cfg.max_batch):
             sl = slice(start, start + self.cfg.max_batch)
@@ -323,8 +337,7 @@ class EmotionInferencer:
                 if not finite[j]:  # NaN/inf from a broken model must not reach payloads (not JSON)
                     self.nonfinite += 1
                     continue
-                grey = cv2.cvtColor(stacked[person_name][start + j], cv2.COLOR_RGB2GRAY)
-                self._store(result, i, probs[j], va[j], sharpness(grey))
+                self._store(result, i, probs[j], va[j], float(sharpness_all[start + j]))
         self.persons_inferred += n
 
     def _store(self, result: FrameResult, i: int, probs: np.ndarray, va: np.ndarray, sharp: float) -> None:

@@ -37,8 +37,10 @@ from edge_agent.config import Smoothing
 from edge_agent.structures import Detections
 
 # Observation quality: faces reach full weight at this size (longer side, frame pixels); the
-# sharpness term saturates on the scale of the Laplacian variance of an 8-bit grey face crop at
-# model input size (~64 px): sharp FER+ faces give ~200-900, Gaussian-blurred (sigma 1.5) ~20-60.
+# sharpness term saturates on the scale of the Laplacian variance of an 8-bit grey person view cut
+# at SHARPNESS_SIDE px: sharp FER+ faces give ~200-900, Gaussian-blurred (sigma 1.5) ~20-60. The side
+# is fixed, not the model's input size: upscaling a crop by 1.5x divides the variance by ~4.5.
+SHARPNESS_SIDE = 64
 _FULL_FACE_PX = 80.0
 _SHARPNESS_SCALE = 100.0
 _CLOCK_EPS = 1e-6  # s: timestamps that are sums of frame intervals carry rounding error
@@ -55,8 +57,8 @@ def observation_quality(face_px: np.ndarray, detector_score: np.ndarray, sharpne
     Args:
         face_px: (N,) longer side of the face box in frame pixels.
         detector_score: (N,) face (or person) detector score in [0, 1].
-        sharpness: (N,) variance of the Laplacian of the 8-bit grey face crop at model input size
-            (``edge_agent.infer.sharpness``).
+        sharpness: (N,) variance of the Laplacian of the 8-bit grey person view cut at
+            ``SHARPNESS_SIDE`` px (``edge_agent.infer.Preprocessor.sharpness``).
 
     Returns:
         (N,) float32 quality.

@@ -24,6 +24,7 @@ from edge_agent.infer import (
     softmax,
 )
 from edge_agent.structures import Detections, Frame, FrameResult
+from tests.conftest import shared_path
 from tests.model_factory import CLASSES, make_tiny_model, tiny_meta
 
 
@@ -223,6 +224,24 @@ def test_inferencer_follows_mirror_average(shipped: OrtBackend, mirror: bool) ->
     views = pre.views(img, np.array(faces, np.float32))
     want, _ = predict(b, {k: pre.normalise(k, v) for k, v in views.items()}, mirror)
     assert np.allclose(out.detections.data["probs_raw"], want, atol=1e-6)
+
+
+def test_quality_does_not_depend_on_the_model_input_size(tmp_path: Path) -> None:
+    """Sharpness is measured on a person view cut at SHARPNESS_SIDE px for every model: the same face
+    must weigh the same in the smoother whether the model takes 32- or 96-px views (at its own
+    input size a 96-px model measured ~4.5x less Laplacian variance on the same face)."""
+    face = cv2.imread(str(sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[0]))
+    img = np.full((240, 320, 3), 128, np.uint8)
+    img[60:156, 100:196] = cv2.resize(face, (96, 96))
+    box = [[110, 70, 186, 146]]
+    quality = {}
+    for size in (32, 64, 96):
+        model = make_tiny_model(tmp_path / f"m{size}.onnx", size=size)
+        out = EmotionInferencer(backend(model), Inference()).infer([result("a", 0, box, img)])[0]
+        quality[size] = float(out.detections.data["quality"][0])
+    assert 0 < quality[64] < 1
+    assert quality[32] == pytest.approx(quality[64], rel=1e-6)
+    assert quality[96] == pytest.approx(quality[64], rel=1e-6)
 
 
 def test_softmax_is_stable() -> None:
