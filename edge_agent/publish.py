@@ -474,7 +474,8 @@ class Publisher:
         msg = self._message("state", status.camera, state_payload(status))
         with self._lock:
             self._states[status.camera] = msg
-        if self._connected:
+            connected = self._connected  # read with the store: `_on_connect` snapshots and flips under it
+        if connected:
             self._outbox.put(msg)
 
     def stats(self, stats: Mapping[str, Any]) -> None:
@@ -623,7 +624,10 @@ class Publisher:
         self._acked = True
         self._failures, self._outage_logged, self._delay = 0, False, self.cfg.reconnect_min_s
         with self._lock:
+            # Snapshot and flip together: a state stored before this block is in the snapshot, one
+            # stored after it sees `_connected` and is queued (the queue is pumped after these messages).
             retained = list(self._states.values())
+            self._connected = True
         if self.cfg.home_assistant:
             retained += [
                 Message("discovery", t, json.dumps(p, separators=(",", ":")).encode(), 1, True)
@@ -634,7 +638,7 @@ class Publisher:
         self._status_seq += 2
         for msg in retained:
             self._hand_over(msg)
-        self._connected, self._state = True, "online"
+        self._state = "online"
 
     def _on_disconnect(self, *_args: Any) -> None:
         self._connected = False

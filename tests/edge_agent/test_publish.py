@@ -217,6 +217,29 @@ def test_status_state_summary_retained_for_late_subscriber(
     assert retained["affectline/a1/cam/summary"]["dominant"] == "fear"
 
 
+def test_state_changed_while_connecting_is_published(
+    mosquitto: Mosquitto, publisher: Any, recorder: Callable[..., Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera state stored after the CONNACK handler took its snapshot of retained states, but
+    before the publisher counted as connected, was neither in the snapshot nor queued: lost until
+    the next change (seen as a flaky start-up test). The hand-over of `online` forces that moment."""
+    hand_over = Publisher._hand_over
+    changed: list[bool] = []
+
+    def hand_over_then_change_state(self: Publisher, msg: Message) -> None:
+        hand_over(self, msg)
+        if msg.kind == "status" and not changed:
+            changed.append(True)
+            self.camera_state(CameraStatus("cam", "starting", detail="opening"))  # as a capture thread would
+
+    monkeypatch.setattr(Publisher, "_hand_over", hand_over_then_change_state)
+    rec = recorder(mosquitto.port, "affectline/a1/cam/state")
+    pub = publisher(mosquitto.port)
+    msgs = rec.wait(lambda m: len(m) >= 1)
+    assert changed and validate(msgs[0])["state"] == "starting"
+    wait_until(lambda: pub.counters()["state_sent"] == 1)
+
+
 def test_last_will_when_agent_is_killed(mosquitto: Mosquitto, recorder: Callable[..., Recorder]) -> None:
     rec = recorder(mosquitto.port, "affectline/killed/status")
     script = (
