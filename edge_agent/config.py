@@ -373,8 +373,14 @@ def format_errors(exc: ValidationError) -> list[str]:
             shown = "<hidden>"  # error messages end up in logs; secrets must not
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{path}: value {shown}: {err['msg']}")
+        lines.append(f"{path}: value {shown}: {_printable(err['msg'])}")
     return lines
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: pydantic quotes raw input in some messages (a
+    tag ``'\\x1e'``), and a line separator inside it would split one problem over two lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parse_config(data: Any, source: str = "config") -> AgentConfig:

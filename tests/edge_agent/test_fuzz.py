@@ -137,6 +137,8 @@ def test_base_config_is_valid() -> None:
 @given(st.lists(mutation, min_size=1, max_size=4))
 # A camera replaced by a list, then a key inside it deleted (broke the mutation helper in CI once).
 @example([("set", ("cameras", 1), []), ("delete", ("cameras", 1, "source", "type"), None)])
+# A control character in a tag, quoted raw in pydantic's message, split its line in two (CI once).
+@example([("set", ("cameras", 0, "source", "type"), "\x1e")])
 def test_any_config_is_valid_or_one_clear_line_per_problem(tmp_path: Path, mutations: list[Any]) -> None:
     data = copy.deepcopy(BASE)
     for op, path, value in mutations:
