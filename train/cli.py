@@ -1,4 +1,4 @@
-"""``affectline train pretrain|finetune|evaluate|probe|profile``: thin wrappers, errors → exit codes."""
+"""``affectline train pretrain|finetune|evaluate|soup|probe|profile``: thin wrappers, errors → exit codes."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def _finetune(args: argparse.Namespace) -> int:
     from train.main_finetune import config_from_args, run
 
     run(config_from_args(args))
+    return EXIT_OK
+
+
+def _soup(args: argparse.Namespace) -> int:
+    from train.soup import average_checkpoints
+
+    print(f"wrote {average_checkpoints(args.checkpoints, args.out)}")
     return EXIT_OK
 
 
@@ -229,6 +236,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inference.mirror_average does by default (--no-mirror: one pass, as before 2026-11-27)",
     )
     p.set_defaults(func=_guard(_evaluate))
+
+    p = sub.add_parser("soup", help="uniform weight average of fine-tuned checkpoints from one run's basin")
+    p.add_argument("checkpoints", nargs="+", help="two or more .pt checkpoints of the same model and split")
+    p.add_argument("--out", required=True, help="the averaged .pt checkpoint to write")
+    p.set_defaults(func=_guard(_soup))
 
     p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")
     p.add_argument("encoders", nargs="+", help="'imagenet' and/or pretraining or fine-tuning checkpoints")
