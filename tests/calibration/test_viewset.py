@@ -22,7 +22,7 @@ def make(n: int = 4, size: int = 4, seed: int = 0) -> ViewSet:
         inputs,
         np.arange(n) % 3 - (np.arange(n) == 0),
         np.full(n, 100.0),
-        [f"x:{i}" for i in range(n)],
+        np.array([f"x:{i}" for i in range(n)]),
         CLASSES,
     )
 

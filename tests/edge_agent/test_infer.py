@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -38,7 +39,7 @@ def backend(path: Path) -> OrtBackend:
 
 
 def result(
-    camera: str, index: int, faces: list[list[float] | None], image: np.ndarray | None = None
+    camera: str, index: int, faces: Sequence[Sequence[float] | None], image: np.ndarray | None = None
 ) -> FrameResult:
     img = (
         image if image is not None else np.random.default_rng(index).integers(0, 255, (240, 320, 3), np.uint8)
@@ -246,7 +247,7 @@ def test_quality_does_not_depend_on_the_model_input_size(tmp_path: Path) -> None
 
 def test_softmax_is_stable() -> None:
     p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
-    assert np.allclose(p, [[1, 0], [0.5, 0.5]])
+    assert np.allclose(p, np.array([[1.0, 0.0], [0.5, 0.5]]))
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))

@@ -47,7 +47,7 @@ def run_clip(pipeline: Pipeline, clip: Path, step: int = 1, realtime: bool = Fal
 
 
 def track_ids(results: list[FrameResult]) -> set[int]:
-    return {int(t) for r in results for t in r.detections.tracker_id}
+    return {int(t) for r in results for t in np.asarray(r.detections.tracker_id)}
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ def dets(n: int) -> Detections:
 
 def test_empty() -> None:
     d = Detections.empty()
+    assert d.face_xyxy is not None and d.tracker_id is not None
     assert len(d) == 0 and d.face_xyxy.shape == (0, 4) and d.tracker_id.shape == (0,)
 
 
@@ -37,7 +38,7 @@ def test_invalid_construction(kwargs: dict, match: str) -> None:
 def test_defaults_and_selection() -> None:
     d = dets(3)
     d.set("probs", np.eye(3, 7))
-    assert not d.has_face.any() and (d.tracker_id == -1).all()
+    assert not d.has_face.any() and np.all(d.tracker_id == -1)
     sub = d[np.array([True, False, True])]
     assert len(sub) == 2 and sub.data["probs"].shape == (2, 7)
     assert len(d[1]) == 1

@@ -4,6 +4,7 @@ checkpoint, exported and quantized once per session, with real samples from ../s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def checkpoint(engines_dir: Path) -> Path:
     from train.models import build_model
 
     torch.manual_seed(0)
-    config = {"model": "affectline_mnv2_32", "model_kwargs": {"fusion_dim": 64}}
+    config: dict[str, Any] = {"model": "affectline_mnv2_32", "model_kwargs": {"fusion_dim": 64}}
     model = build_model(config["model"], fusion_dim=64, pretrained=True).eval()
     meta = make_meta(CLASSES, SMALL_PERSON, SMALL_SCENE, config, "affectline-test")
     return save_checkpoint(engines_dir / "model.pt", model, None, 0, config, meta, {})

@@ -28,7 +28,8 @@ def _cli(argv: list[str]) -> int:
 
 def _views(meta: ModelMeta, images: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Person and scene crops (uint8 RGB) of real faces, cut with the agent's view code."""
-    person, scene = [], []
+    person: list[np.ndarray] = []
+    scene: list[np.ndarray] = []
     for path in images:
         rgb = np.ascontiguousarray(cv2.imread(str(path))[..., ::-1])
         whole = np.array([[0, 0, rgb.shape[1], rgb.shape[0]]], np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,7 +48,7 @@ def test_sidecar_records_provenance_and_parity(fp32_onnx: Path, checkpoint: Path
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"opset": 16}, "--opset=16"), ({"opset": 21}, "--opset=21")])
 def test_rejects_bad_opset(
-    tmp_path: Path, checkpoint: Path, eval_views: ViewSet, kwargs: dict[str, int], match: str
+    tmp_path: Path, checkpoint: Path, eval_views: ViewSet, kwargs: dict[str, Any], match: str
 ) -> None:
     with pytest.raises(EnginesInputError, match=match):
         export_onnx(checkpoint, tmp_path / "m.onnx", eval_views, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("select", "", "select='' not one of"),
     ],
 )
-def test_finetune_config_refuses_bad_values(field: str, value: object, match: str) -> None:
+def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FinetuneConfig(**{field: value})
 

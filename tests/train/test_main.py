@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,7 +89,13 @@ def test_best_holds_the_averaged_weights_and_resume_keeps_the_average(
 
 
 def test_resume_without_saved_average_restarts_it(tmp_path: Path, specs: list[str]) -> None:
-    common = {"data": specs, "out": str(tmp_path), "max_samples": 16, "batch_size": 8, "threads": 1}
+    common: dict[str, Any] = {
+        "data": specs,
+        "out": str(tmp_path),
+        "max_samples": 16,
+        "batch_size": 8,
+        "threads": 1,
+    }
     finetune(FinetuneConfig(**common, warmup_steps=1, epochs=1, ema_decay=0.0))
     finetune(FinetuneConfig(**common, warmup_steps=1, epochs=2))  # the average switched on midway
     last = load_checkpoint(tmp_path / "last.pt")
@@ -105,9 +112,15 @@ def test_resume_without_saved_average_restarts_it(tmp_path: Path, specs: list[st
     ids=["batch", "model", "lr"],
 )
 def test_resume_refuses_a_run_written_with_another_config(
-    tmp_path: Path, specs: list[str], change: dict[str, object], named: str
+    tmp_path: Path, specs: list[str], change: dict[str, Any], named: str
 ) -> None:
-    common = {"data": specs, "out": str(tmp_path), "max_samples": 16, "threads": 1, "warmup_steps": 1}
+    common: dict[str, Any] = {
+        "data": specs,
+        "out": str(tmp_path),
+        "max_samples": 16,
+        "threads": 1,
+        "warmup_steps": 1,
+    }
     finetune(FinetuneConfig(**{"batch_size": 8, "max_steps": 1, **common}))
     with pytest.raises(CheckpointError, match=f"another config \\(.*{named}.*--no-resume"):
         finetune(FinetuneConfig(**{"batch_size": 8, "max_steps": 2, **common, **change}))
@@ -127,7 +140,13 @@ def test_a_finished_run_says_there_is_nothing_to_train(
 
 
 def test_an_epoch_cut_by_the_step_limit_is_finished_by_a_resume(tmp_path: Path, specs: list[str]) -> None:
-    common = {"data": specs, "out": str(tmp_path), "max_samples": 32, "batch_size": 8, "threads": 1}
+    common: dict[str, Any] = {
+        "data": specs,
+        "out": str(tmp_path),
+        "max_samples": 32,
+        "batch_size": 8,
+        "threads": 1,
+    }
     finetune(FinetuneConfig(**common, max_steps=1))  # 4 steps per epoch: cut after the first
     state = load_checkpoint(tmp_path / "last.pt")["extra"]["state"]
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 1, 1)
@@ -225,15 +244,18 @@ def test_per_source_accuracy(
 
 
 def test_weight_ema_follows_the_schedule() -> None:
-    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    linear, norm = torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)
+    net = torch.nn.Sequential(linear, norm)
     ema = WeightEma(net, decay=0.9)
-    w0 = net[0].weight.detach().clone()
+    w0 = linear.weight.detach().clone()
     with torch.no_grad():
-        net[0].weight.add_(1.0)
-    net[1].num_batches_tracked += 5
+        linear.weight.add_(1.0)
+    assert norm.num_batches_tracked is not None
+    norm.num_batches_tracked += 5
     ema.update(net)  # first update: decay min(0.9, 1/10) = 0.1
-    assert torch.allclose(ema.module[0].weight, 0.1 * w0 + 0.9 * (w0 + 1))
-    assert int(ema.module[1].num_batches_tracked) == 5 and not ema.module[0].weight.requires_grad
+    averaged = dict(ema.module.named_parameters()) | dict(ema.module.named_buffers())
+    assert torch.allclose(averaged["0.weight"], 0.1 * w0 + 0.9 * (w0 + 1))
+    assert int(averaged["1.num_batches_tracked"]) == 5 and not averaged["0.weight"].requires_grad
 
 
 def test_pretrain_two_steps_then_finetune_from_it(tmp_path: Path, specs: list[str]) -> None:

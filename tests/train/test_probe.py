@@ -47,11 +47,13 @@ def test_pretraining_checkpoint_encoder_is_loaded(tmp_path: Path) -> None:
     cfg = {"model": "affectline_mnv2_64", "model_kwargs": {}}
     meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, cfg, "t")
     path = save_checkpoint(tmp_path / "p.pt", net, None, 0, cfg, meta, {})
-    loaded = load_encoder(str(path)).net
-    assert torch.equal(loaded.features[3].conv[0][0].weight, net.features[3].conv[0][0].weight)
-    assert not torch.equal(
-        load_encoder("imagenet").net.features[3].conv[0][0].weight, net.features[3].conv[0][0].weight
-    )
+    key = "features.3.conv.0.0.weight"
+
+    def weight(model: torch.nn.Module) -> torch.Tensor:
+        return dict(model.named_parameters())[key]
+
+    assert torch.equal(weight(load_encoder(str(path)).net), weight(net))
+    assert not torch.equal(weight(load_encoder("imagenet").net), weight(net))
 
 
 def _checkpoint_at(tmp_path: Path, person: ViewGeometry, scene: ViewGeometry) -> Path:
