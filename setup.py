@@ -39,7 +39,8 @@ EXTRAS = {
         "scipy",
     ],
     "trt": ["tensorrt>=10", "cuda-python"],
-    "dev": ["pytest>=8", "hypothesis", "ruff", "mypy", "types-PyYAML"],
+    # Linters pinned: a new release may add checks, and CI runs them (scripts/lint.sh).
+    "dev": ["pytest>=8", "hypothesis", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
 }
 
 setup(
