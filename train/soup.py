@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from edge_agent.modelmeta import PREFIX
-from train.checkpoint import CheckpointError, config_sha256, load_checkpoint, load_model, save_checkpoint
+from train.checkpoint import (
+    CheckpointError,
+    checkpoint_meta,
+    config_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from train.models import build_model
 
 # Metadata that legitimately differs between the ingredients (the soup gets its own).
@@ -27,6 +33,10 @@ def _contract(blob: dict[str, Any]) -> dict[str, Any]:
     """What every ingredient must share: network, kwargs and the agent metadata but its identity."""
     props = {k: v for k, v in blob["meta_props"].items() if k not in _OWN_PROPS}
     return {"model": blob["model"], "model_kwargs": blob["model_kwargs"], "meta": props}
+
+
+def _shapes(blob: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in blob["state_dict"].items()}
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -59,11 +69,15 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
         raise ValueError(f"checkpoints: need at least 2 to average, got {len(paths)}")
     blobs = [load_checkpoint(p) for p in paths]
     want = _contract(blobs[0])
+    want_shapes = _shapes(blobs[0])
     for path, blob in zip(paths[1:], blobs[1:], strict=True):
         got = _contract(blob)
         for key in want:
             if got[key] != want[key]:
                 raise CheckpointError(f"{path}: {key} differs from {paths[0]}: {got[key]!r} vs {want[key]!r}")
+        differ = sorted(set(_shapes(blob).items()) ^ set(want_shapes.items()))
+        if differ:
+            raise CheckpointError(f"{path}: weight {differ[0][0]!r} differs in name or shape from {paths[0]}")
     config = {
         **blobs[0]["config"],
         "soup_of": [
@@ -71,12 +85,14 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
         ],
     }
     net = build_model(want["model"], **{**want["model_kwargs"], "pretrained": False})
-    net.load_state_dict(average_state_dicts([b["state_dict"] for b in blobs]))
-    _, meta = load_model(paths[0])
+    try:
+        net.load_state_dict(average_state_dicts([b["state_dict"] for b in blobs]))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{paths[0]}: weights do not fit model {want['model']!r}: {exc}") from exc
+    meta = checkpoint_meta(blobs[0], str(paths[0]))
     meta = dataclasses.replace(
         meta,
         model_version=f"{meta.model_version} soup of {len(paths)}",
         train_config_sha256=config_sha256(config),
     )
-    extra = {"soup_of": config["soup_of"]}
-    return save_checkpoint(out, net, None, int(blobs[0]["epoch"]), config, meta, extra)
+    return save_checkpoint(out, net, None, int(blobs[0]["epoch"]), config, meta, {})

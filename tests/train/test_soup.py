@@ -113,3 +113,21 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv_count: int
         assert captured.err.count("\n") == 1 and "need at least 2" in captured.err
     else:
         assert (tmp_path / "s.pt").is_file() and "wrote" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("damaged", "match"),
+    [
+        ("b", r"b\.pt: weight 'fuse\.weight' differs in name or shape from .*a\.pt"),
+        ("both", r"a\.pt: weights do not fit model 'affectline_mnv2_64'"),
+    ],
+)
+def test_weights_that_do_not_fit_are_refused(tmp_path: Path, damaged: str, match: str) -> None:
+    paths = {name: _ingredient(tmp_path / f"{name}.pt", seed) for seed, name in enumerate("ab")}
+    for name in ("a", "b") if damaged == "both" else (damaged,):
+        blob = load_checkpoint(paths[name])
+        del blob["state_dict"]["fuse.weight"]
+        torch.save(blob, paths[name])
+    with pytest.raises(CheckpointError, match=match):
+        average_checkpoints([paths["a"], paths["b"]], tmp_path / "soup.pt")
+    assert not (tmp_path / "soup.pt").exists()
