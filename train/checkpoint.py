@@ -23,6 +23,8 @@ from edge_agent.views import ViewGeometry
 from train.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 FORMAT = "affectline-checkpoint-1"
+# What ``save_checkpoint`` always writes and the readers index without checking.
+REQUIRED = ("model", "model_kwargs", "state_dict", "epoch", "meta_props", "config", "extra")
 
 
 class CheckpointError(ValueError):
@@ -117,7 +119,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict (for resuming).
 
     Raises:
-        CheckpointError: missing file, not a torch file, or not an Affectline checkpoint.
+        CheckpointError: missing file, not a torch file, not an Affectline checkpoint, or one that
+            lacks an entry of ``REQUIRED``.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,6 +133,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not readable: {exc}") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an Affectline checkpoint (format {FORMAT!r})")
+    missing = [key for key in REQUIRED if key not in blob]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete checkpoint, missing {', '.join(missing)}")
     return blob
 
 
@@ -160,11 +166,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model of a checkpoint in eval mode, with its agent metadata.
 
     Raises:
-        CheckpointError: see ``load_checkpoint``; also weights that do not fit the named model.
+        CheckpointError: see ``load_checkpoint``; also a model name or kwargs this version cannot
+            build, or weights that do not fit the named model.
     """
     blob = load_checkpoint(path)
     kwargs = {**blob["model_kwargs"], "pretrained": False}
-    model = build_model(blob["model"], **kwargs)
+    try:
+        model = build_model(blob["model"], **kwargs)
+    except (ValueError, TypeError) as exc:  # unknown factory name or kwargs of another version
+        raise CheckpointError(f"{path}: cannot build its model: {exc}") from exc
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:

@@ -77,6 +77,39 @@ def test_foreign_torch_file_is_rejected(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "c.pt")
 
 
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    model = build_model("affectline_mnv2_64", pretrained=False, fusion_dim=64)
+    meta = make_meta(CLASSES, DEFAULT_PERSON, DEFAULT_SCENE, CONFIG, "test")
+    path = save_checkpoint(tmp_path / "c.pt", model, None, 0, CONFIG, meta, {})
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("drop", ["state_dict", "meta_props", "model_kwargs", "model"])
+def test_incomplete_checkpoint_names_the_missing_entry(tmp_path: Path, drop: str) -> None:
+    path, blob = _saved(tmp_path)
+    del blob[drop]
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match=rf"c\.pt: an incomplete checkpoint, missing {drop}$"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("model", "resnet50", "model name 'resnet50' unknown"),
+        ("model_kwargs", {"width": 2}, "unexpected keyword"),
+    ],
+)
+def test_a_model_this_version_cannot_build_names_the_file(
+    tmp_path: Path, key: str, value: object, match: str
+) -> None:
+    path, blob = _saved(tmp_path)
+    blob[key] = value
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match=rf"c\.pt: cannot build its model: .*{match}"):
+        load_model(path)
+
+
 class _RunsCode:
     """Unpickling this calls a function (here a harmless one): what a malicious .pt would do."""
 
