@@ -1,9 +1,17 @@
 """Dataset readers: every supported format becomes a list of ``Sample`` records.
 
 A record says where the image is, which box anchors its views (a face, or ``None`` = the whole
-image) and whatever labels exist. Readers check every line at the boundary: a bad file or header
-raises ``DataError`` naming file and line; a single bad sample line is skipped and counted in the
-returned ``ReadReport``, never silently dropped.
+image) and whatever labels exist. Readers check every line at the boundary and tell two kinds of
+fault apart:
+
+- A file that is not the format it claims (a missing file or header, a line with the wrong number
+  of fields, FER+ vote counts that are not finite non-negative numbers) raises ``DataError`` naming
+  file and line: training on a misread file would give silently wrong numbers.
+- In the published datasets, a well-formed line whose sample is unusable (a missing image, an empty
+  box, a label or rating out of range) is skipped and counted in the returned ``ReadReport``, never
+  silently dropped.
+- A manifest is the user's own file, so any bad field in it (label, box) raises: it is fixed, not
+  trained around. Its images are checked when they are read (``train.data.dataset``).
 """
 
 from __future__ import annotations
@@ -204,15 +212,11 @@ def read_ferplus_duplicates(csv_path: Path | str) -> set[str]:
 FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 
 
-def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[list[Sample], ReadReport]:
+def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     """Kaggle ``fer2013.csv`` (emotion, pixels[, Usage]); pixels are kept inline.
 
     Each sample's ``split`` follows its ``Usage`` (``FER2013_USAGE``), so a training run never
     trains on the PublicTest/PrivateTest rows; without a ``Usage`` column it stays empty.
-
-    Args:
-        csv_path: The CSV file.
-        usage: Keep only rows with this ``Usage`` (``Training``, ``PublicTest``, ``PrivateTest``).
     """
     path = _require(Path(csv_path), "FER2013 CSV", "file")
     report = ReadReport("fer2013")
@@ -225,8 +229,6 @@ def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[li
         has_usage = "Usage" in reader.fieldnames
         for lineno, row in enumerate(reader, 2):
             where = f"{path}:{lineno}"
-            if usage and row.get("Usage") != usage:
-                continue
             if has_usage and row.get("Usage") not in FER2013_USAGE:
                 report.skip(f"Usage not one of {sorted(FER2013_USAGE)}", where)
                 continue
@@ -261,9 +263,14 @@ def read_fer2013_csv(csv_path: Path | str, usage: str | None = None) -> tuple[li
 
 
 def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[Sample], ReadReport]:
-    """Class-per-folder layout ``root/<class>/*.png`` (FER2013 image-folder release).
+    """Class-per-folder layout ``root/<class>/*.png``.
 
     Folder names must be in ``CLASSES``; other folders raise so a typo cannot silently drop a class.
+
+    Args:
+        root: The folder holding one sub-folder per class.
+        tight_face: Every image is a tight face crop without context, as in the FER2013 image-folder
+            release (source kind ``fer2013folder``); views are then framed as for FER+.
     """
     root = _require(Path(root), "image folder root", "dir")
     report = ReadReport(f"folder:{root.name}")
@@ -293,7 +300,8 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
                 continue
             if len(parts) != 8:
                 raise DataError(
-                    f"{where}: expected 8 fields (image face_id top left right bottom conf label)"
+                    f"{where}: expected 8 fields (image face_id top left right bottom conf label), "
+                    f"got {len(parts)}"
                 )
             try:
                 top, left, right, bottom = finite_floats(parts[2:6])
@@ -333,8 +341,7 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
             where = f"{gt}:{lineno}"
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 10:
-                report.skip("not 10 tab-separated fields", where)
-                continue
+                raise DataError(f"{where}: expected 10 tab-separated fields, got {len(parts)}")
             try:
                 v, a, *dist = finite_floats(parts[1:])
             except ValueError:

@@ -1,9 +1,10 @@
 """Named data sources (``kind:path``) → train / validation / test sample lists.
 
 Kinds: ``ferplus`` (root with FER2013Train/Valid/Test), ``expw`` (root with label.lst),
-``emotion6`` (root with ground_truth.txt), ``fer2013csv`` (Kaggle CSV), ``folder`` (class folders),
-``manifest`` (CSV image,label[,x1,y1,x2,y2]), ``unlabelled`` (image folder), ``video`` (every 10th
-frame of a video file, unlabelled).
+``emotion6`` (root with ground_truth.txt), ``fer2013csv`` (Kaggle CSV), ``fer2013folder`` (the
+FER2013 image-folder release: class folders of tight 48-px face crops), ``folder`` (class folders of
+photos framed as they are), ``manifest`` (CSV image,label[,x1,y1,x2,y2]), ``unlabelled`` (image
+folder), ``video`` (every 10th frame of a video file, unlabelled).
 ExpW and Emotion6 have no official split here, so a fixed-seed split by image holds out a test part.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from train.data.records import (
@@ -29,7 +31,17 @@ from train.data.records import (
 )
 from train.data.splits import split_by_image
 
-KINDS = ("ferplus", "expw", "emotion6", "fer2013csv", "folder", "manifest", "unlabelled", "video")
+KINDS = (
+    "ferplus",
+    "expw",
+    "emotion6",
+    "fer2013csv",
+    "fer2013folder",
+    "folder",
+    "manifest",
+    "unlabelled",
+    "video",
+)
 
 
 @dataclass
@@ -106,6 +118,7 @@ def load_source(
         "expw": read_expw,
         "emotion6": read_emotion6,
         "fer2013csv": read_fer2013_csv,
+        "fer2013folder": partial(read_image_folder, tight_face=True),
         "folder": read_image_folder,
         "manifest": read_manifest,
         "unlabelled": read_unlabelled,

@@ -104,9 +104,12 @@ def test_truncated_real_jpeg_is_skipped(tmp_path: Path) -> None:
     data = Path(expw[0].image).read_bytes()
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(data[: len(data) // 3])
-    item = DualViewDataset([Sample(str(bad), None, 0)])[0]
-    # OpenCV decodes a truncated JPEG partially (grey bottom) or not at all; either way no exception.
-    assert item["person"].shape == (3, 64, 64)
+    ds = DualViewDataset([Sample(str(bad), None, 0)])
+    item = ds[0]
+    # OpenCV would decode the first third with a grey bottom; the loader refuses it instead of
+    # training on a half-grey face, and names the file.
+    assert item["valid"] is False and item["person"].shape == (3, 64, 64)
+    assert ds.bad == {str(bad): f"{bad}: not a decodable image (truncated or wrong format)"}
 
 
 def test_targets_use_prior_va_for_faces_and_measured_va_when_present() -> None:

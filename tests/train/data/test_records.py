@@ -189,7 +189,7 @@ def test_expw_bad_lines(tmp_path: Path) -> None:
     assert len(samples) == 1 and samples[0].box == (2.0, 1.0, 30.0, 40.0)
     assert sum(len(v) for v in rep.skipped.values()) == 2
     _write(tmp_path / "label.lst", "x.jpg 0 1 2\n")
-    with pytest.raises(DataError, match="label.lst:1: expected 8 fields"):
+    with pytest.raises(DataError, match=r"label.lst:1: expected 8 fields \(.*\), got 4"):
         read_expw(tmp_path)
 
 
@@ -200,9 +200,9 @@ def test_fer2013_csv(tmp_path: Path) -> None:
         f"emotion,pixels,Usage\n3,{good},Training\n9,{good},Training\n"
         f"2,1 2 3,Training\n1,{good},PublicTest\n",
     )
-    samples, rep = read_fer2013_csv(path, usage="Training")
-    assert [s.label for s in samples] == [3] and samples[0].pixels is not None
-    assert samples[0].pixels.shape == (48, 48)
+    samples, rep = read_fer2013_csv(path)
+    assert [(s.label, s.split) for s in samples] == [(3, "train"), (1, "val")]
+    assert samples[0].pixels is not None and samples[0].pixels.shape == (48, 48)
     assert sum(len(v) for v in rep.skipped.values()) == 2
     with pytest.raises(DataError, match="header must contain"):
         read_fer2013_csv(_write(tmp_path / "bad.csv", "a,b\n1,2\n"))
@@ -303,6 +303,9 @@ def test_image_folder(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / c / "1.png"), np.zeros((48, 48), np.uint8))
     samples, _ = read_image_folder(tmp_path)
     assert sorted(s.label for s in samples) == [CLASSES.index("happy"), CLASSES.index("sad")]
+    # The generic kind frames photos as they are; fer2013folder marks tight FER2013-style crops.
+    assert [s.tight_face for s in load_source(f"folder:{tmp_path}").test] == [False, False]
+    assert [s.tight_face for s in load_source(f"fer2013folder:{tmp_path}").test] == [True, True]
     (tmp_path / "joy").mkdir()
     with pytest.raises(DataError, match="'joy' is not a class"):
         read_image_folder(tmp_path)
@@ -315,9 +318,17 @@ def test_emotion6_bad_values(tmp_path: Path) -> None:
 
     cv2.imwrite(str(tmp_path / "images" / "joy" / "1.jpg"), np.zeros((40, 40, 3), np.uint8))
     header = "\t".join(["img", "v", "a"] + [f"p{i}" for i in range(7)])
-    rows = ["joy/1.jpg\t7\t3\t0\t0\t0\t1\t0\t0\t0", "joy/1.jpg\t12\t3\t0\t0\t0\t1\t0\t0\t0", "joy/1.jpg\tx"]
+    rows = [
+        "joy/1.jpg\t7\t3\t0\t0\t0\t1\t0\t0\t0",
+        "joy/1.jpg\t12\t3\t0\t0\t0\t1\t0\t0\t0",
+        "joy/1.jpg\tx\t3\t0\t0\t0\t1\t0\t0\t0",
+    ]
     samples, rep = read_emotion6(
         _write(tmp_path / "ground_truth.txt", header + "\n" + "\n".join(rows) + "\n").parent
     )
     assert len(samples) == 1 and samples[0].va == (0.5, -0.5) and samples[0].label == CLASSES.index("happy")
     assert sum(len(v) for v in rep.skipped.values()) == 2
+    # A line that is not the format (a truncated file) names file and line instead.
+    _write(tmp_path / "ground_truth.txt", header + "\n" + rows[0] + "\njoy/1.jpg\tx\n")
+    with pytest.raises(DataError, match=r"ground_truth.txt:3: expected 10 tab-separated fields, got 2"):
+        read_emotion6(tmp_path)
