@@ -158,6 +158,20 @@ class PretrainConfig(_RunViews):
     max_samples: int = 0
     resume: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse values the loop cannot use before any data is read, naming field, value and range.
+
+        Raises:
+            ValueError: ``teacher`` not one of ``TEACHERS``, ``mask_ratio`` outside [0, 1) (one patch
+                must stay visible) or ``teacher_scene_weight`` outside [0, 1].
+        """
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher={self.teacher!r} not one of {TEACHERS}")
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio={self.mask_ratio} outside [0, 1)")
+        if not 0 <= self.teacher_scene_weight <= 1:
+            raise ValueError(f"teacher_scene_weight={self.teacher_scene_weight} outside [0, 1]")
+
 
 RunConfig = TypeVar("RunConfig", FinetuneConfig, PretrainConfig)
 

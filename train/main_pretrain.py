@@ -78,9 +78,7 @@ class Pretrainer(BudgetedLoop):
 
     def __init__(self, cfg: PretrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
-        self.person, self.scene = cfg.geometries()
-        if self.scene.size % 32:
-            raise ValueError(f"scene view size {self.scene.size} must be a multiple of 32 for masking")
+        self.person, self.scene = cfg.geometries()  # sizes are multiples of 32, as masking needs
         self.splits = load_splits(cfg)
         samples = self.splits.train
         if not samples:

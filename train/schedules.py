@@ -29,20 +29,13 @@ def budget_cosine(step: int, progress: float, warmup: int, base: float, final: f
     rate anneals exactly when the budget runs out, however fast the steps turn out to be.
     """
     if warmup < 0 or base < 0 or final < 0:
-        raise ValueError(f"budget_cosine: need warmup>=0 and rates>=0; got {warmup}, {base}, {final}")
+        raise ValueError(
+            f"budget_cosine: need warmup>=0 and rates>=0; got warmup={warmup}, base={base}, final={final}"
+        )
     if step < warmup:
         return base * (step + 1) / warmup
     p = min(1.0, max(0.0, progress))
     return final + (base - final) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def linear_ramp(step: int, start: int, end: int, v0: float, v1: float) -> float:
-    """``v0`` before ``start``, ``v1`` after ``end``, linear in between (loss-weight or mask-ratio ramps)."""
-    if step <= start:
-        return v0
-    if step >= end:
-        return v1
-    return v0 + (v1 - v0) * (step - start) / (end - start)
 
 
 def ema_decay_at(step: int, decay: float) -> float:

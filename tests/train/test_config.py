@@ -50,6 +50,22 @@ def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) 
 
 
 @pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("teacher", "", "teacher='' not one of"),
+        ("teacher", "CLIP", "teacher='CLIP' not one of"),
+        ("mask_ratio", 1.0, r"mask_ratio=1.0 outside \[0, 1\)"),
+        ("mask_ratio", -0.1, "mask_ratio=-0.1"),
+        ("teacher_scene_weight", 1.5, r"teacher_scene_weight=1.5 outside \[0, 1\]"),
+        ("teacher_scene_weight", -1.0, "teacher_scene_weight=-1.0"),
+    ],
+)
+def test_pretrain_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PretrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
     "model,sizes",
     [
         ("affectline_mnv2_32", (32, 32)),

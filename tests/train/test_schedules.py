@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.schedules import budget_cosine, ema_decay_at, linear_ramp, warmup_cosine
+from train.schedules import budget_cosine, ema_decay_at, warmup_cosine
 
 
 @pytest.mark.parametrize(
@@ -29,9 +29,13 @@ def test_budget_cosine(step: int, progress: float, expected: float) -> None:
     assert budget_cosine(step, progress, warmup=4, base=1.0, final=0.1) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("step,expected", [(-1, 0.0), (0, 0.0), (5, 0.5), (10, 1.0), (20, 1.0)])
-def test_linear_ramp(step: int, expected: float) -> None:
-    assert linear_ramp(step, 0, 10, 0.0, 1.0) == pytest.approx(expected)
+@pytest.mark.parametrize(
+    "warmup,base,final,named",
+    [(-1, 1.0, 0.0, "warmup=-1"), (0, -1.0, 0.0, "base=-1.0"), (0, 1.0, -0.1, "final=-0.1")],
+)
+def test_budget_cosine_names_the_bad_argument(warmup: int, base: float, final: float, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        budget_cosine(0, 0.0, warmup, base, final)
 
 
 @pytest.mark.parametrize(
