@@ -6,7 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI imports torch only in the command that runs
+    from edge_agent.modelmeta import ModelMeta
+    from train.evaluate import Predictor
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 # The packaged FER peers (``train.evaluate.PEERS``; named here so building the parser imports no torch).
@@ -54,57 +58,73 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from calibration.datasets import held_out_split, load_parts
-    from train.checkpoint import load_model
-    from train.evaluate import agent_predictor, evaluate, mirror_averaged, torch_predictor, write_report
+    from calibration.datasets import held_out_split
 
     torch.set_num_threads(args.threads)
+    predictor, meta = _predictor_for(args)
+    held = held_out_split(meta)
+    for spec in args.data:
+        print(_evaluate_spec(args, spec, predictor, meta, held))
+    return EXIT_OK
+
+
+def _predictor_for(args: argparse.Namespace) -> tuple[Predictor, ModelMeta]:
+    """(predictor, model metadata) for an exported model (the agent's code), a peer or a checkpoint."""
+    from train.checkpoint import load_model
+    from train.evaluate import agent_predictor, mirror_averaged, torch_predictor
+
     if _is_agent_model(args.checkpoint):
         predictor, meta = agent_predictor(args.checkpoint, args.threads, args.mirror)
         if not meta.train_split:
             print(f"{args.checkpoint}: records no training split; held-out parts of the default split")
+        return predictor, meta
+    if args.checkpoint in PEERS:
+        predictor, meta = _peer(args.checkpoint, args.threads)
     else:
-        if args.checkpoint in PEERS:
-            predictor, meta = _peer(args.checkpoint, args.threads)
-        else:
-            model, meta = load_model(args.checkpoint)  # its train_split comes from its config
-            predictor = torch_predictor(model)
-        predictor = mirror_averaged(predictor) if args.mirror else predictor
-    held = held_out_split(meta)
-    for spec in args.data:
-        splits = load_parts(spec, held)
-        split = args.split
-        samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
-        if not samples:
-            print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
-            split, samples = "test", splits.test
-        result = evaluate(
-            samples,
-            predictor,
-            meta.input_for("person").geometry,
-            meta.input_for("scene").geometry,
-            meta.classes,
-            args.batch_size,
-        )
-        name = f"{spec.split(':', 1)[0]}_{split}"
-        prov = {
-            "checkpoint": _provenance(args.checkpoint),
-            "data": spec,
-            "split": split,
-            "mirror_average": args.mirror,
-            "config_sha256": meta.train_config_sha256,
-            "readers": [r.summary() for r in splits.reports],
-        }
-        path = write_report(result, args.out, name, meta.classes, prov)
-        cls = result.report.get("classification", {})
-        va = result.report.get("valence_arousal", {})
-        line = f"{name}: n={result.report['n_samples']} skipped={result.report['n_skipped']}"
-        if cls:
-            line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
-        if va:
-            line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
-        print(f"{line} -> {path}")
-    return EXIT_OK
+        model, meta = load_model(args.checkpoint)  # its train_split comes from its config
+        predictor = torch_predictor(model)
+    return (mirror_averaged(predictor) if args.mirror else predictor), meta
+
+
+def _evaluate_spec(
+    args: argparse.Namespace, spec: str, predictor: Predictor, meta: ModelMeta, held: dict[str, float]
+) -> str:
+    """Evaluate one data source, write its report and return the one-line summary."""
+    from calibration.datasets import load_parts
+    from train.evaluate import evaluate, write_report
+
+    splits = load_parts(spec, held)
+    split = args.split
+    samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
+    if not samples:
+        print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
+        split, samples = "test", splits.test
+    result = evaluate(
+        samples,
+        predictor,
+        meta.input_for("person").geometry,
+        meta.input_for("scene").geometry,
+        meta.classes,
+        args.batch_size,
+    )
+    name = f"{spec.split(':', 1)[0]}_{split}"
+    prov = {
+        "checkpoint": _provenance(args.checkpoint),
+        "data": spec,
+        "split": split,
+        "mirror_average": args.mirror,
+        "config_sha256": meta.train_config_sha256,
+        "readers": [r.summary() for r in splits.reports],
+    }
+    path = write_report(result, args.out, name, meta.classes, prov)
+    cls = result.report.get("classification", {})
+    va = result.report.get("valence_arousal", {})
+    line = f"{name}: n={result.report['n_samples']} skipped={result.report['n_skipped']}"
+    if cls:
+        line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
+    if va:
+        line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
+    return f"{line} -> {path}"
 
 
 def _probe(args: argparse.Namespace) -> int:

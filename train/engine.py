@@ -67,7 +67,7 @@ def teardown_runtime() -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (each rank adds its rank so augmentations differ)."""
+    """Seed python, numpy and torch (``seeded_runtime`` passes seed + rank so ranks augment differently)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -425,7 +425,29 @@ class BudgetedLoop:
             print(f"skipped {count} unusable image draw(s) in training{example}", flush=True)
 
     def run_epoch(self) -> dict[str, Any]:
+        """Train up to the end of the epoch (or the step limit / budget), validate, log and save.
+
+        Returns:
+            The epoch's log row on the main rank, ``{}`` on the others.
+        """
         epoch = int(self.state["epoch"])
+        cut, steps, rate = self._run_steps(epoch)
+        metrics = self.validate() if self.rt.main else {}
+        if not cut:
+            # An epoch cut short by the step limit or the budget stays open: a resume with a larger
+            # one goes on with its remaining draws (and logs a second row for it).
+            self.state["epoch"] = epoch + 1
+            self.state["step_in_epoch"] = 0
+        self.state["elapsed_s"] = self.elapsed()
+        if not self.rt.main:
+            return {}
+        row = self._epoch_row(epoch, steps, rate, metrics)
+        self._log(row)
+        self._save_epoch(metrics)
+        return row
+
+    def _epoch_draws(self, epoch: int) -> tuple[DataLoader[Any], torch.Generator]:
+        """This epoch's loader (resuming mid-epoch where the state says) and augmentation generator."""
         self.sampler.set_epoch(epoch, int(self.state["step_in_epoch"]) * self.cfg.batch_size)
         self.train_set.set_epoch(epoch)
         loader = DataLoader(
@@ -439,8 +461,18 @@ class BudgetedLoop:
         gen = torch.Generator().manual_seed(
             self.cfg.seed * 7919 + epoch * 131 + int(self.state["step_in_epoch"]) + 1_000_003 * self.rt.rank
         )
+        return loader, gen
+
+    def _run_steps(self, epoch: int) -> tuple[bool, float, float]:
+        """The epoch's training steps.
+
+        Returns:
+            (cut short by the step limit or budget, steps taken, training pairs per second over ranks).
+        """
+        loader, gen = self._epoch_draws(epoch)
         self.totals = {}
         t0 = time.time()
+        cut = False
         with tqdm(
             total=self.steps_per_epoch,
             initial=int(self.state["step_in_epoch"]),
@@ -449,7 +481,6 @@ class BudgetedLoop:
             mininterval=30,
             ascii=True,
         ) as bar:
-            cut = False
             for batch in loader:
                 if self.out_of_steps():
                     cut = True
@@ -457,16 +488,10 @@ class BudgetedLoop:
                 self._step(batch, gen, bar)
         steps = self.totals.pop("steps", 0.0)
         rate = steps * self.cfg.batch_size * self.rt.world / max(time.time() - t0, 1e-6)
-        metrics = self.validate() if self.rt.main else {}
-        if not cut:
-            # An epoch cut short by the step limit or the budget stays open: a resume with a larger
-            # one goes on with its remaining draws (and logs a second row for it).
-            self.state["epoch"] = epoch + 1
-            self.state["step_in_epoch"] = 0
-        self.state["elapsed_s"] = self.elapsed()
-        if not self.rt.main:
-            return {}
-        row = {
+        return cut, steps, rate
+
+    def _epoch_row(self, epoch: int, steps: float, rate: float, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
             "epoch": epoch + 1,
             "global_step": self.state["global_step"],
             "lr": self.lr_at(self.state["global_step"]),
@@ -478,7 +503,9 @@ class BudgetedLoop:
             **self.train_averages(steps),
             **{k: v for k, v in metrics.items() if k in self.log_fields},
         }
-        self._log(row)
+
+    def _save_epoch(self, metrics: dict[str, Any]) -> None:
+        """``last.pt`` always; ``best.pt`` when the selection metric improved (or there is none)."""
         score = metrics.get(self.select_metric) if self.select_metric else None
         improved = score is not None and score > self.state["best"]
         if improved:
@@ -487,7 +514,6 @@ class BudgetedLoop:
         self.last_save = time.time()
         if improved or score is None:
             self.save("best.pt", metrics, self.selected_net())
-        return row
 
     def train_averages(self, steps: float) -> dict[str, float]:
         """Per-step means of the summed step outputs; ``correct``/``n`` become ``train_acc``."""

@@ -11,7 +11,6 @@ def soft_cross_entropy(
     target: torch.Tensor,
     mask: torch.Tensor,
     smoothing: float = 0.0,
-    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy against soft targets, averaged over rows where ``mask`` is set.
 
@@ -20,7 +19,6 @@ def soft_cross_entropy(
         target: (N, C) distributions (rows sum to 1 where mask is set).
         mask: (N,) bool, rows that have a class target.
         smoothing: Mix the target with the uniform distribution by this amount.
-        class_weight: Optional (C,) per-class loss weight.
 
     Returns:
         Scalar loss (0 when no row is masked in).
@@ -30,10 +28,7 @@ def soft_cross_entropy(
     t = target[mask]
     t = t * (1 - smoothing) + smoothing / t.shape[1]
     logp = F.log_softmax(logits[mask], dim=1)
-    per = -(t * logp)
-    if class_weight is not None:
-        per = per * class_weight
-    return per.sum(dim=1).mean()
+    return -(t * logp).sum(dim=1).mean()
 
 
 def va_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -57,7 +52,8 @@ def similarity_profile_loss(
     Args:
         student: (N, D) student image embeddings (projected into the text space).
         teacher: (N, D) teacher image embeddings.
-        texts: (T, D) text embeddings (the batch's descriptions, or the emotion prior).
+        texts: (T, D) text embeddings: the offline teacher's bank (the 7 emotion descriptions and
+            the 1,000 ImageNet class names) or, with CLIP, the 7 emotion descriptions of the prior.
 
     Returns:
         Mean ``1 - cos(student·Tᵀ, teacher·Tᵀ)``.

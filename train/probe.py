@@ -30,7 +30,6 @@ from train.models.dual_view import DualViewNet
 
 IMAGENET = "imagenet"  # the encoder as initialised from ImageNet MobileNetV2, before any of our training
 IMAGENET_MODEL = "affectline_mnv2_64"  # ...probed at the default view geometry
-FEATURES = ("person", "person+scene")
 
 
 @dataclass

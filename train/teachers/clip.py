@@ -125,11 +125,6 @@ class ClipTeacher(nn.Module):
             texts = self.model.encode_text(tokenizer(list(load_prior().texts)))
         self.register_buffer("texts", F.normalize(texts.float(), dim=1))
 
-    @property
-    def dim(self) -> int:
-        """Embedding width D (the text space the student is projected into)."""
-        return int(self.texts.shape[1])
-
     def train(self, mode: bool = True) -> Self:
         """Stay in eval mode whatever is asked: a frozen teacher has no training behaviour."""
         return super().train(False)

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.models import IMAGENET_MEAN, IMAGENET_STD
 from train.models.mobilenetv2 import FEATURE_DIM, default_imagenet_weights, mobilenet_v2_features
 
 TEXT_EMBEDDINGS = Path(__file__).with_name("text_embeddings.npz")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,6 @@ class OfflineTeacher(nn.Module):
         self.scene_weight = scene_weight
         self.temperature = temperature
         self.eval().requires_grad_(False)
-
-    @property
-    def dim(self) -> int:
-        return int(self.t_imagenet.shape[1])
 
     @torch.no_grad()
     def forward(self, person: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,10 @@ def test_text_bank_is_normalised() -> None:
     bank = load_text_bank()
     assert bank.imagenet.shape == (1000, 384) and bank.emotions.shape == (7, 384)
     np.testing.assert_allclose(np.linalg.norm(bank.all, axis=1), 1, atol=2e-3)
+    # The seven descriptions must stay distinguishable in text space, or the similarity-profile loss
+    # has nothing to match: no two of them closer than cosine 0.95.
     sims = bank.emotions @ bank.emotions.T
-    assert (np.argmax(sims, axis=1) == np.arange(7)).all()
+    assert sims[~np.eye(7, dtype=bool)].max() < 0.95
 
 
 def test_text_bank_missing(tmp_path: Path) -> None:
