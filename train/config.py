@@ -264,7 +264,9 @@ def _run_flags(p: argparse.ArgumentParser, cls: type[RunConfig], data_help: str)
     """
     d = cls()
     p.add_argument("--config", help=f"JSON/YAML file with {cls.__name__} fields (flags override it)")
-    p.add_argument("--data", action="append", help=data_help)
+    from train.data import KINDS
+
+    p.add_argument("--data", action="append", help=f"{data_help}; kinds: {', '.join(KINDS)}")
     p.add_argument("--out", help=f"run folder (default {d.out})")
     p.add_argument("--model", help=f"factory name (default {d.model})")
     return d

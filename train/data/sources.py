@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from train.data import KINDS
 from train.data.records import (
     DataError,
     ReadReport,
@@ -30,18 +31,6 @@ from train.data.records import (
     read_video,
 )
 from train.data.splits import split_by_image
-
-KINDS = (
-    "ferplus",
-    "expw",
-    "emotion6",
-    "fer2013csv",
-    "fer2013folder",
-    "folder",
-    "manifest",
-    "unlabelled",
-    "video",
-)
 
 
 @dataclass
