@@ -22,8 +22,6 @@ from edge_agent.modelmeta import ModelMeta
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".gif", ".ts", ".m4v")
-
 
 def camera_from_uri(uri: str) -> Camera:
     """A camera config for ``--from-video``: ``rtsp(s)://...``, a USB index, a GStreamer pipeline or a file.

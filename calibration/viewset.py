@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,9 +156,7 @@ class ViewSet:
         missing = [k for k in RESERVED if k not in data]
         if missing:
             raise ViewSetError(f"{path}: lacks {missing}; write it with `affectline engines calibrate`")
-        manifest = json.loads(str(data["_manifest"]))
-        if manifest.get("format") != FORMAT:
-            raise ViewSetError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        manifest = _manifest(path, data["_manifest"])
         inputs = {k: v for k, v in data.items() if not k.startswith("_")}
         vs = cls(inputs, data["_labels"], data["_brightness"], data["_origin"], tuple(manifest["classes"]))
         if vs.content_hash() != manifest["sha256"]:
@@ -165,6 +164,27 @@ class ViewSet:
                 f"{path}: contents do not match the recorded sha256 (file altered or truncated)"
             )
         return vs
+
+
+def _manifest(path: Path, raw: np.ndarray) -> dict[str, Any]:
+    """The ``_manifest`` entry of a view set file, checked for what ``load`` reads from it.
+
+    Raises:
+        ViewSetError: not a JSON object of this format with a class list and a sha256.
+    """
+    try:
+        manifest = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ViewSetError(f"{path}: _manifest is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise ViewSetError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    classes, digest = manifest.get("classes"), manifest.get("sha256")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ViewSetError(f"{path}: _manifest classes {classes!r} must be a non-empty list of names")
+    if not isinstance(digest, str):
+        raise ViewSetError(f"{path}: _manifest sha256 {digest!r} must be a string")
+    return manifest
 
 
 def file_hash(path: str | Path) -> str:

@@ -99,6 +99,28 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
         make().save(tmp_path / "c.npy")
 
 
+@pytest.mark.parametrize(
+    ("manifest", "match"),
+    [
+        ("{not json", "_manifest is not JSON"),
+        ("[1, 2]", r"format \[1, 2\], expected 'affectline-viewset-1'"),
+        ('{"format": "other"}', "format 'other', expected"),
+        (
+            '{"format": "affectline-viewset-1", "sha256": "ab"}',
+            "_manifest classes None must be a non-empty list",
+        ),
+        ('{"format": "affectline-viewset-1", "classes": ["a"]}', "_manifest sha256 None must be a string"),
+    ],
+)
+def test_malformed_manifest_names_the_file(tmp_path: Path, manifest: str, match: str) -> None:
+    make().save(tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz") as z:
+        data = dict(z)
+    np.savez(tmp_path / "c.npz", **{**data, "_manifest": np.array(manifest)})
+    with pytest.raises(ViewSetError, match=rf"c\.npz: {match}"):
+        ViewSet.load(tmp_path / "c.npz")
+
+
 @pytest.mark.parametrize(("n", "size", "sizes"), [(0, 3, []), (5, 2, [2, 2, 1]), (4, 4, [4]), (3, 10, [3])])
 def test_batches(n: int, size: int, sizes: list[int]) -> None:
     vs = make(n) if n else make(1).take(slice(0, 0))
