@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 OPSETS = (17, 20)  # inclusive range the TorchScript exporter and TensorRT >= 8.6 both handle
 EXPORT_TOLERANCE = Tolerance(min_top1_agreement=0.999, max_logit_abs=1e-3, max_va_abs=1e-3)
 BATCH_AXIS = "batch"
+PARITY_BATCH = 32  # the batch size of the full parity run (and the largest checked)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ExportReport:
     opset: int
     parameters: int
     parity: Agreement
-    batch_sizes_checked: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
 
 
 def export_onnx(
@@ -55,7 +56,8 @@ def export_onnx(
     Args:
         checkpoint: ``.pt`` written by ``train.checkpoint.save_checkpoint``.
         out: Target ``.onnx``.
-        samples: Real samples cut for this model (at least 2), used for the parity check.
+        samples: Real samples cut for this model (at least 2), used for the parity check at batch
+            sizes 1, 3 and ``PARITY_BATCH`` (capped at their number).
         opset: ONNX opset, in ``OPSETS``.
         tolerance: Parity limits ONNX Runtime vs PyTorch.
 
@@ -63,9 +65,6 @@ def export_onnx(
         EnginesInputError: bad opset, path or samples.
         VerificationError: checker or parity failed (the file is removed).
     """
-    import onnx
-    import torch
-
     out = Path(out)
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise EnginesInputError(f"--opset={opset}: allowed {OPSETS[0]}..{OPSETS[1]}")
@@ -74,6 +73,19 @@ def export_onnx(
     if len(samples) < 2:
         raise EnginesInputError(f"samples: {len(samples)} given, need >= 2 real samples for the parity check")
     torch_runner = TorchRunner(checkpoint)
+    try:
+        return _export_checked(torch_runner, Path(checkpoint), out, samples, opset, tolerance)
+    finally:
+        torch_runner.close()
+
+
+def _export_checked(
+    torch_runner: TorchRunner, checkpoint: Path, out: Path, samples: ViewSet, opset: int, tolerance: Tolerance
+) -> ExportReport:
+    """Trace the loaded checkpoint to ``out``, run the checker and the parity check, write the sidecar."""
+    import onnx
+    import torch
+
     meta = torch_runner.meta
     check_inputs(meta, samples, str(checkpoint))
     names = [meta.input_for("person").name, meta.input_for("scene").name]
@@ -85,7 +97,7 @@ def export_onnx(
         # the training environment does not ship; its deprecation warning is noise here.
         warnings.simplefilter("ignore", DeprecationWarning)
         # Branches on view sizes trace as constants: correct, since the sizes are fixed per model
-        # (the dynamic batch axis is checked below at batch 1, 3 and 32).
+        # (the dynamic batch axis is checked below at batch 1, 3 and PARITY_BATCH).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             torch_runner.model,
@@ -129,7 +141,6 @@ def export_onnx(
             },
         },
     )
-    torch_runner.close()
     return ExportReport(out, sidecar, opset, params, parity, sizes)
 
 
@@ -179,15 +190,17 @@ def _parity(
     try:
         if ort_runner.meta != torch_runner.meta:
             raise VerificationError("metadata read back by the agent differs from the checkpoint's")
-        ref = run_views(torch_runner, samples)
-        got = run_views(ort_runner, samples)
-        # The dynamic batch axis must really be dynamic: single samples and an odd batch too.
-        sizes = (1, 3, 32)
-        for size in sizes[:2]:
-            one = samples.take(slice(0, size))
-            got_small = ort_runner.run(one.inputs)
-            if not np.allclose(got_small[0], ref[0][:size], atol=tolerance.max_logit_abs or 1e-3):
-                raise VerificationError(f"batch size {size} gives different logits than batch 32")
+        ref = run_views(torch_runner, samples, PARITY_BATCH)
+        # The dynamic batch axis must really be dynamic: the full batches of run_views, a single
+        # sample and an odd batch (as many of those as there are samples for).
+        batch = min(PARITY_BATCH, len(samples))
+        sizes = tuple(sorted({1, min(3, len(samples)), batch}))
+        got = run_views(ort_runner, samples, PARITY_BATCH)
+        atol = tolerance.max_logit_abs if tolerance.max_logit_abs is not None else 1e-3
+        for size in sizes:
+            small = ort_runner.run(samples.take(slice(0, size)).inputs)
+            if not np.allclose(small[0], ref[0][:size], atol=atol):
+                raise VerificationError(f"at batch size {size}, ONNX Runtime's logits differ from PyTorch's")
     finally:
         ort_runner.close()
     agreement = compare(ref, got, tolerance, samples.labels)

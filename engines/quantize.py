@@ -305,6 +305,13 @@ def quantize_int8(
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     _check_args(fp32_onnx, out, method, target, percentile, max_top1_drop, min_agreement)
+    # Checked before any work: failing these after the ladder would leave a file without a sidecar.
+    too_big = [b for b in latency_batches if not 1 <= b <= len(eval_set)]
+    if too_big:
+        raise EnginesInputError(
+            f"latency batch sizes {too_big}: must be in [1, {len(eval_set)}] (eval samples available)"
+        )
+    read_sidecar(fp32_onnx)  # the INT8 sidecar records the FP32 model's provenance
     labelled = bool((eval_set.labels >= 0).any())
     calib = ViewSet.load(calibration)
     shared = sorted(set(calib.origin.tolist()) & set(eval_set.origin.tolist()))

@@ -44,6 +44,14 @@ def test_sidecar_records_provenance_and_parity(fp32_onnx: Path, checkpoint: Path
     parity = side["verification"]["parity_vs_pytorch"]
     assert parity["ok"] and parity["max_logit_abs"] <= 1e-3 and parity["samples"] == 40
     assert side["inputs"]["person"] == ["batch", 3, 32, 32]
+    assert side["verification"]["batch_sizes"] == [1, 3, 32]
+
+
+def test_two_samples_check_the_batch_sizes_they_have(
+    tmp_path: Path, checkpoint: Path, eval_views: ViewSet
+) -> None:
+    report = export_onnx(checkpoint, tmp_path / "m.onnx", eval_views.take(slice(0, 2)))
+    assert report.batch_sizes == (1, 2) and read_sidecar(report.onnx)["verification"]["batch_sizes"] == [1, 2]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"opset": 16}, "--opset=16"), ({"opset": 21}, "--opset=21")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,22 @@ def test_rejects_an_eval_set_that_shares_calibration_samples(
     ):
         quantize_int8(fp32_onnx, calib_npz, tmp_path / "q.onnx", calib, latency_batches=())
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_late_failures_are_checked_before_any_work(
+    tmp_path: Path, fp32_onnx: Path, calib_npz: Path, eval_views: ViewSet
+) -> None:
+    """A latency batch larger than the eval set, or an FP32 model without its sidecar, would fail
+    after the ladder had written the INT8 file; both are refused up front instead."""
+    out = tmp_path / "q.onnx"
+    n = len(eval_views)
+    with pytest.raises(EnginesInputError, match=rf"latency batch sizes \[{n + 1}\]: must be in \[1, {n}\]"):
+        quantize_int8(fp32_onnx, calib_npz, out, eval_views, latency_batches=(1, n + 1))
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(fp32_onnx, bare)
+    with pytest.raises(EnginesInputError, match="bare.onnx"):
+        quantize_int8(bare, calib_npz, out, eval_views, latency_batches=())
+    assert not out.exists()
 
 
 def test_rejects_overwriting_source(fp32_onnx: Path, calib_npz: Path, eval_views: ViewSet) -> None:
