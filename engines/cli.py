@@ -66,7 +66,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, _samples(args, meta, "test", args.count), opset=args.opset
     )
     print(f"{report.onnx}: opset {report.opset}, {report.parameters:,} parameters")
-    print(f"ONNX Runtime vs PyTorch: {report.parity.line()}")
+    sizes = ", ".join(map(str, report.batch_sizes))
+    print(f"ONNX Runtime vs PyTorch: {report.parity.line()}; batch sizes {sizes}")
     print(f"sidecar: {report.sidecar}")
     return EXIT_OK
 
@@ -111,7 +112,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from calibration.datasets import gate_views
-    from engines.quantize import quantize_int8
+    from engines.quantize import LATENCY_BATCHES, quantize_int8
     from engines.verify import read_meta
 
     onnx = _model_path(args.onnx)
@@ -133,7 +134,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         max_top1_drop=args.max_drop,
         min_agreement=args.min_agreement,
         threads=args.threads,
-        latency_batches=() if args.no_bench else (1, 8),
+        latency_batches=() if args.no_bench else LATENCY_BATCHES,
     )
     for line in report.lines():
         print(line)
@@ -142,14 +143,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from calibration.viewset import ViewSet
     from engines.errors import EnginesInputError
     from engines.trt_build import build_engine
     from engines.trt_plan import BatchRange
 
-    samples = None if args.no_verify else ViewSet.load(args.samples) if args.samples else None
-    if samples is None and not args.no_verify:
+    if not args.samples and not args.no_verify:
         raise EnginesInputError("--samples FILE.npz is needed to check the engine (or --no-verify)")
+    samples = None if args.no_verify else args.samples
     report = build_engine(
         _model_path(args.onnx),
         args.out,

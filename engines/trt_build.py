@@ -61,7 +61,8 @@ def inspect_onnx(
     """What the builder needs to know about an ONNX: precision, per-sample input shapes, outputs, metadata.
 
     Raises:
-        EnginesInputError: unreadable file or an input without static C, H, W.
+        EnginesInputError: unreadable file, an input that is not float32, or an input without
+            static C, H, W.
     """
     import onnx
 
@@ -79,6 +80,12 @@ def inspect_onnx(
     for v in model.graph.input:
         if v.name in inits:
             continue
+        if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            elem = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+            raise EnginesInputError(
+                f"{path}: input {v.name!r} is {elem}; the agent feeds float32 (convert to FP16 with "
+                "--keep_io_types)"
+            )
         dims = [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]
         if not dims or any(d <= 0 for d in dims):
             raise EnginesInputError(
@@ -152,7 +159,7 @@ def build_engine(
     timing_cache: str | Path | None = None,
     workspace_mb: int = 1024,
     device: int = 0,
-    samples: ViewSet | None = None,
+    samples: str | Path | None = None,
 ) -> BuildReport:
     """Build, save and verify a TensorRT engine for this device.
 
@@ -168,7 +175,8 @@ def build_engine(
         timing_cache: Timing cache file, read if present and updated (default ``<out>.timing-cache``).
         workspace_mb: Builder workspace limit in MiB, within ``WORKSPACE_MB``.
         device: CUDA device index.
-        samples: Real samples for the post-build check; None skips it (recorded in the sidecar).
+        samples: ``.npz`` of real samples for the post-build check (read before building); None
+            skips it (recorded in the sidecar).
 
     Raises:
         TensorRTUnavailable: no TensorRT / CUDA binding here.
@@ -185,41 +193,19 @@ def build_engine(
     if not onnx_path.is_file():
         raise EnginesInputError(f"ONNX {str(onnx_path)!r} is not a file")
     refuse_non_trt_qdq(onnx_path)
+    views = ViewSet.load(samples) if samples is not None else None  # a bad file fails before the build
     trt = import_tensorrt()
     cudart = import_cudart()
     call(cudart, cudart.cudaSetDevice(device))
     gpu_name, cc = device_info(device)
     version = TrtVersion.parse(trt.__version__)
     cache_path = Path(timing_cache) if timing_cache else out.with_name(out.name + ".timing-cache")
-    skipped: list[str] = []
     t0 = time.monotonic()
-    for prec in precision_chain(precision, fallback):
-        src = (
-            onnx_path
-            if prec == "int8" or not inspect_onnx(onnx_path)[0].has_qdq
-            else _fp32_source(onnx_path, fp32_onnx)
-        )
-        if src is None:
-            skipped.append(f"{prec}: no FP32 ONNX for a fallback (pass --fp32-onnx)")
-            continue
-        kind, inputs, outputs, props = inspect_onnx(src)
-        try:
-            plan = plan_build(version, prec, kind, dla_core, calibration is not None)
-        except EnginesInputError as exc:
-            skipped.append(f"{prec}: {exc}")
-            continue
-        try:
-            blob = _build(
-                trt, plan, src, profile_shapes(inputs, batch), cache_path, workspace_mb, calibration
-            )
-        except VerificationError as exc:
-            skipped.append(f"{prec}: build failed: {exc}")
-            continue
-        break
-    else:
-        # Planning refusals are the caller's choice of arguments; a failed build is this device's.
-        error = VerificationError if any("build failed" in note for note in skipped) else EnginesInputError
-        raise error(f"no engine could be built on TensorRT {version}: " + "; ".join(skipped))
+    chain = precision_chain(precision, fallback)
+    built = _first_buildable(
+        trt, version, chain, onnx_path, fp32_onnx, dla_core, calibration, batch, cache_path, workspace_mb
+    )
+    blob, src, plan, (inputs, outputs, props), skipped = built
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(blob)
     calib_hash = _calibration_hash(src, plan, calibration)
@@ -239,7 +225,14 @@ def build_engine(
         model_props=props,
         plan=asdict(plan),
         rebuild=rebuild_command(
-            str(src), str(out), plan.precision, (batch.min, batch.opt, batch.max), dla_core
+            str(src),
+            str(out),
+            plan.precision,
+            (batch.min, batch.opt, batch.max),
+            dla_core,
+            samples=str(samples) if samples is not None else None,
+            calibration=str(calibration) if plan.implicit_calibration and calibration is not None else None,
+            device=device,
         ),
     )
     report = BuildReport(out, sidecar_path(out), plan, src, time.monotonic() - t0, skipped)
@@ -252,13 +245,63 @@ def build_engine(
     # The runtime reads the sidecar, so it is written before the check and again with its result.
     write_sidecar(out, KIND, {**record, "verification": "pending"})
     try:
-        report.verification = _verify(out, src, plan.precision, samples)
-    except VerificationError:
+        report.verification = _verify(out, src, plan.precision, views, device)
+    except Exception:
+        # Whatever stopped the check (a disagreement, or the engine not opening), an unchecked
+        # engine must not stay behind with a "pending" sidecar for the agent to load.
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)
         raise
     write_sidecar(out, KIND, {**record, "verification": report.verification})
     return report
+
+
+def _first_buildable(
+    trt: Any,
+    version: TrtVersion,
+    chain: tuple[str, ...],
+    onnx_path: Path,
+    fp32_onnx: str | Path | None,
+    dla_core: int | None,
+    calibration: str | Path | None,
+    batch: BatchRange,
+    cache_path: Path,
+    workspace_mb: int,
+) -> tuple[bytes, Path, BuildPlan, tuple[dict[str, tuple[int, ...]], list[str], dict[str, str]], list[str]]:
+    """Plan and build each precision of ``chain`` in turn until one builds.
+
+    Returns:
+        (serialized engine, the ONNX it was built from, its plan, that ONNX's (inputs, outputs,
+        metadata), the notes on the precisions skipped before it).
+
+    Raises:
+        EnginesInputError: no precision could be planned (the caller's choice of arguments).
+        VerificationError: a planned build failed on this device and none after it succeeded.
+    """
+    skipped: list[str] = []
+    has_qdq = inspect_onnx(onnx_path)[0].has_qdq
+    for prec in chain:
+        src = onnx_path if prec == "int8" or not has_qdq else _fp32_source(onnx_path, fp32_onnx)
+        if src is None:
+            skipped.append(f"{prec}: no FP32 ONNX for a fallback (pass --fp32-onnx)")
+            continue
+        kind, inputs, outputs, props = inspect_onnx(src)
+        try:
+            plan = plan_build(version, prec, kind, dla_core, calibration is not None)
+        except EnginesInputError as exc:
+            skipped.append(f"{prec}: {exc}")
+            continue
+        try:
+            blob = _build(
+                trt, plan, src, profile_shapes(inputs, batch), cache_path, workspace_mb, calibration
+            )
+        except VerificationError as exc:
+            skipped.append(f"{prec}: build failed: {exc}")
+            continue
+        return blob, src, plan, (inputs, outputs, props), skipped
+    # Planning refusals are the caller's choice of arguments; a failed build is this device's.
+    error = VerificationError if any("build failed" in note for note in skipped) else EnginesInputError
+    raise error(f"no engine could be built on TensorRT {version}: " + "; ".join(skipped))
 
 
 def _calibration_hash(src: Path, plan: BuildPlan, calibration: str | Path | None) -> str:
@@ -339,6 +382,13 @@ def _attach_calibrator(
     views = ViewSet.load(calibration)
     opt_batch = next(iter(shapes.values()))[1][0]
     batches = CalibrationBatches(views.inputs, min(opt_batch, len(views)))
+    if batches.dropped:
+        log.info(
+            "implicit INT8 calibration: %d batches of %d; the last %d sample(s) do not fill a batch",
+            len(batches),
+            batches.batch_size,
+            batches.dropped,
+        )
     cache = CalibrationCache(
         Path(calibration).with_suffix(".trt-calib"), sha256_file(onnx_path), file_hash(calibration)
     )
@@ -352,13 +402,16 @@ def _attach_calibrator(
     return calibrator
 
 
-def _verify(engine: Path, onnx_path: Path, precision: str, samples: ViewSet | None) -> str:
-    """Engine vs the ONNX it was built from (ONNX Runtime) on real samples; raises on disagreement."""
+def _verify(engine: Path, onnx_path: Path, precision: str, samples: ViewSet | None, device: int) -> str:
+    """Engine (on ``device``) vs the ONNX it was built from (ONNX Runtime) on real samples; raises on
+    disagreement."""
     if samples is None:
         return "skipped: no samples given (--no-verify)"
     from engines.verify import TOLERANCES, verify_model
 
-    report = verify_model(engine, samples, reference=onnx_path, tolerance=TOLERANCES[precision])
+    report = verify_model(
+        engine, samples, reference=onnx_path, tolerance=TOLERANCES[precision], device=device
+    )
     if not report.agreement.ok:
         raise VerificationError(f"{engine}: engine disagrees with {onnx_path}: {report.agreement.line()}")
     return report.agreement.line()

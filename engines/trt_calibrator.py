@@ -67,7 +67,8 @@ class CalibrationCache:
     """TensorRT's calibration table on disk, valid only for one (ONNX, calibration set) pair.
 
     Args:
-        path: The cache file (``<engine>.calib``); its key goes to ``<path>.json``.
+        path: The cache file (``engines build`` uses ``<calibration>.trt-calib``); its key goes to
+            ``<path>.json``.
         onnx_sha256: Hash of the ONNX being calibrated.
         calibration_sha256: Content hash of the calibration set.
     """

@@ -156,6 +156,13 @@ def plan_build(
         return _plan_implicit_int8(version, dla_core, fallback, has_calibration)
     if precision == "fp16":
         return _plan_fp16(version, onnx, dla_core, fallback)
+    if onnx.has_fp16:
+        # Strongly typed, the FP16 tensors would compute in FP16 under an "fp32" label and its
+        # tight tolerances; weakly typed, TensorRT would pick per layer. Neither is an FP32 engine.
+        raise EnginesInputError(
+            "--precision=fp32 with an ONNX that holds FP16 tensors: build fp32 from the FP32 ONNX, "
+            "or use --precision fp16"
+        )
     flags, strong = _typing(version) if version >= STRONG_TYPING else ((), False)
     return BuildPlan("fp32", flags, (), strong, notes=("FP32 everywhere (reference precision)",))
 

@@ -19,6 +19,8 @@ from engines.artifacts import read_sidecar
 from engines.errors import EngineMismatchError, EnginesInputError
 
 KIND = "tensorrt-engine"
+PRECISIONS = ("int8", "fp16", "fp32")
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class EngineSidecar:
         """Read and check the sidecar of an engine.
 
         Raises:
-            EnginesInputError: missing, of another kind, or missing fields.
+            EnginesInputError: missing, of another kind, missing fields, or fields the runtime
+                cannot use (precision, profile shapes, the engine's sha256); the message names the key.
         """
         data = read_sidecar(engine_path)
         if data.get("kind") != KIND:
@@ -74,13 +77,59 @@ class EngineSidecar:
         missing = [n for n in names if n not in data and n not in ("plan", "rebuild")]
         if missing:
             raise EnginesInputError(f"{engine_path}: sidecar lacks {missing}; rebuild the engine")
+        problem = _sidecar_problem(data)
+        if problem:
+            raise EnginesInputError(f"{engine_path}: sidecar {problem}; rebuild the engine")
         return cls(**{n: data[n] for n in names if n in data})
 
 
+def _sidecar_problem(data: dict[str, Any]) -> str:
+    """What makes a sidecar unusable by the runtime ("" if nothing)."""
+    sha = data.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= _HEX:
+        return f"sha256 {sha!r} is not 64 lower-case hex digits"
+    if data["precision"] not in PRECISIONS:
+        return f"precision {data['precision']!r} not one of {PRECISIONS}"
+    inputs = data["inputs"]
+    if not isinstance(inputs, dict) or not inputs:
+        return f"inputs {inputs!r} must name at least one input with its min/opt/max shapes"
+    for name, shapes in inputs.items():
+        ok = isinstance(shapes, dict) and all(
+            isinstance(shapes.get(k), list)
+            and len(shapes[k]) == 4
+            and all(isinstance(d, int) and d >= 1 for d in shapes[k])
+            for k in ("min", "opt", "max")
+        )
+        if not ok:
+            return f"inputs.{name} {shapes!r} must hold min, opt and max as 4 positive integers each"
+    if not isinstance(data["outputs"], list) or not all(isinstance(o, str) for o in data["outputs"]):
+        return f"outputs {data['outputs']!r} must be a list of tensor names"
+    return ""
+
+
 def rebuild_command(
-    onnx: str, engine: str, precision: str, batch: tuple[int, int, int], dla_core: int | None
+    onnx: str,
+    engine: str,
+    precision: str,
+    batch: tuple[int, int, int],
+    dla_core: int | None,
+    *,
+    samples: str | None = None,
+    calibration: str | None = None,
+    device: int = 0,
 ) -> str:
-    """The ``affectline engines build`` line that makes this engine again on the current device."""
+    """The ``affectline engines build`` line that makes this engine again on the current device.
+
+    Args:
+        onnx: The ONNX the engine was built from (after any fallback: no ``--fp32-onnx`` needed).
+        engine: The engine file.
+        precision: The precision it was built in (so a rebuild cannot fall back further).
+        batch: (min, opt, max) batch of its profile.
+        dla_core: Its DLA core, or None for the GPU.
+        samples: The ``.npz`` it was checked on; None = it was not checked (``--no-verify``).
+        calibration: The ``.npz`` of an implicitly calibrated INT8 engine, else None.
+        device: CUDA device index it was built on.
+    """
     args = [
         "affectline",
         "engines",
@@ -95,6 +144,11 @@ def rebuild_command(
     ]
     if dla_core is not None:
         args += ["--dla-core", str(dla_core)]
+    if calibration is not None:
+        args += ["--calibration", calibration]
+    if device:
+        args += ["--device", str(device)]
+    args += ["--samples", samples] if samples is not None else ["--no-verify"]
     return shlex.join(args)
 
 

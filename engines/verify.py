@@ -244,14 +244,21 @@ class VerifyReport:
 
 
 def precision_of(path: str | Path) -> str:
-    """``int8``/``fp16``/``fp32`` from a model's sidecar (fp32 for checkpoints and unknown ONNX)."""
+    """``int8``/``fp16``/``fp32`` from a model's sidecar (fp32 for checkpoints and unknown ONNX).
+
+    Raises:
+        EnginesInputError: the sidecar records a precision without tolerances here.
+    """
     path = Path(path)
     if path.suffix in CHECKPOINT_SUFFIXES or not sidecar_path(path).exists():
         return "fp32"
     side = read_sidecar(path)
     if side.get("kind") == "onnx-int8-qdq":
         return "int8"
-    return str(side.get("precision", "fp32"))
+    precision = str(side.get("precision", "fp32"))
+    if precision not in TOLERANCES:
+        raise EnginesInputError(f"{path}: sidecar precision {precision!r} not one of {tuple(TOLERANCES)}")
+    return precision
 
 
 def default_reference(model: str | Path) -> Path:
@@ -283,6 +290,7 @@ def verify_model(
     reference: str | Path | None = None,
     tolerance: Tolerance | None = None,
     threads: int = 1,
+    device: int = 0,
 ) -> VerifyReport:
     """Run a model and its reference on the same real samples and compare.
 
@@ -292,13 +300,14 @@ def verify_model(
         reference: Reference model (default: the source named in the model's sidecar).
         tolerance: Limits (default: `TOLERANCES` for the model's precision).
         threads: ONNX Runtime threads.
+        device: CUDA device of a TensorRT engine (the one it was built on).
     """
     ref_path = Path(reference) if reference is not None else default_reference(model)
     precision = precision_of(model)
     tol = tolerance or TOLERANCES[precision]
     outputs = []
     for path in (ref_path, Path(model)):
-        runner = open_runner(path, threads)
+        runner = open_runner(path, threads, device)
         try:
             check_inputs(runner.meta, samples, str(path))
             outputs.append(run_views(runner, samples))

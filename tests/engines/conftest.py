@@ -68,6 +68,13 @@ def eval_views(meta: ModelMeta, specs: list[str]) -> ViewSet:
 
 
 @pytest.fixture(scope="session")
+def eval_npz(engines_dir: Path, eval_views: ViewSet) -> Path:
+    path = engines_dir / "eval.npz"
+    eval_views.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def calib_npz(engines_dir: Path, calib_views: ViewSet) -> Path:
     path = engines_dir / "calib.npz"
     calib_views.save(path)

@@ -178,3 +178,15 @@ def test_guarded_lets_programming_errors_through() -> None:
 
     with pytest.raises(KeyError):
         _guarded(fail)(argparse.Namespace(engines_command="export"))
+
+
+def test_quantize_flag_defaults_are_the_library_defaults() -> None:
+    """The parser is built without importing the quantizer (fast --help), so its defaults are
+    written twice; this keeps them from drifting apart."""
+    from engines.cli import register
+    from engines.quantize import MAX_TOP1_DROP, MIN_AGREEMENT
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["engines", "quantize", "m.onnx", "--calibration", "c.npz", "--out", "q.onnx"])
+    assert (args.max_drop, args.min_agreement) == (MAX_TOP1_DROP, MIN_AGREEMENT)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration.viewset import ViewSet
+from calibration.viewset import ViewSetError
 from engines.errors import EnginesInputError, TensorRTUnavailable
 from engines.trt_build import _fp32_source, build_engine, inspect_onnx
 from engines.trt_plan import OnnxPrecision
@@ -22,6 +22,29 @@ def test_inspect_fp32_and_int8(fp32_onnx: Path, int8_onnx: Path) -> None:
     assert outputs == ["logits", "valence_arousal"] and props["affectline.format"] == "1"
     kind8, inputs8, _, props8 = inspect_onnx(int8_onnx)
     assert kind8.has_qdq and kind8.label == "int8-qdq" and inputs8 == inputs and props8 == props
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("float16", r"input 'person' is float16; the agent feeds float32"),
+        ("dynamic", r"input 'person' needs static C, H, W after the batch axis, got \[3, 0, 32\]"),
+    ],
+)
+def test_inspect_rejects_inputs_the_engine_cannot_take(
+    fp32_onnx: Path, tmp_path: Path, edit: str, match: str
+) -> None:
+    import onnx
+
+    model = onnx.load(str(fp32_onnx))
+    person = model.graph.input[0].type.tensor_type
+    if edit == "float16":
+        person.elem_type = onnx.TensorProto.FLOAT16
+    else:
+        person.shape.dim[2].dim_param = "height"  # a named axis: dim_value 0
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(EnginesInputError, match=match):
+        inspect_onnx(tmp_path / "m.onnx")
 
 
 def test_inspect_rejects_non_onnx(tmp_path: Path) -> None:
@@ -72,17 +95,26 @@ def test_without_tensorrt_says_how_to_get_it(int8_onnx: Path, tmp_path: Path) ->
         build_engine(int8_onnx, tmp_path / "m.engine")
 
 
+def test_unreadable_samples_fail_before_tensorrt(int8_onnx: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "views.npz"
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(ViewSetError, match="views.npz: not a readable view set"):
+        build_engine(int8_onnx, tmp_path / "m.engine", samples=bad)
+    assert not (tmp_path / "m.engine").exists()
+
+
 @pytest.mark.gpu
 def test_build_writes_sidecar_and_timing_cache(
-    tensorrt: object, int8_onnx: Path, eval_views: ViewSet, tmp_path: Path
+    tensorrt: object, int8_onnx: Path, eval_npz: Path, tmp_path: Path
 ) -> None:
+    from engines.artifacts import read_sidecar
     from engines.trt_sidecar import EngineSidecar
 
-    report = build_engine(int8_onnx, tmp_path / "m.engine", samples=eval_views)
+    report = build_engine(int8_onnx, tmp_path / "m.engine", samples=eval_npz)
     side = EngineSidecar.read(report.engine)
     assert side.precision == "int8" and side.tensorrt_version == tensorrt.__version__  # type: ignore[attr-defined]
     assert side.calibration_sha256 and (tmp_path / "m.engine.timing-cache").stat().st_size > 0
-    again = build_engine(
-        int8_onnx, tmp_path / "m2.engine", timing_cache=tmp_path / "m.engine.timing-cache", samples=eval_views
-    )
-    assert again.seconds > 0 and "OK" in again.verification
+    assert side.rebuild.endswith(f"--precision int8 --batch 1,8,16 --samples {eval_npz}")
+    cache = tmp_path / "m.engine.timing-cache"
+    again = build_engine(int8_onnx, tmp_path / "m2.engine", timing_cache=cache, samples=eval_npz)
+    assert read_sidecar(again.engine)["timing_cache"] == str(cache) and "OK" in again.verification

@@ -54,6 +54,7 @@ def test_versions_compare_numerically() -> None:
         ("10.3", "fp32", FP32, 0, False, "DLA runs only fp16 or int8"),
         ("10.3", "fp16", QDQ, None, False, "build fp16 from the FP32 ONNX"),
         ("10.3", "fp32", QDQ, None, False, "build fp32 from the FP32 ONNX"),
+        ("10.3", "fp32", FP16, None, False, "fp32 with an ONNX that holds FP16 tensors"),
         ("11.0", "int8", FP32, None, True, "removed implicit INT8 calibration"),
         ("10.3", "int8", FP32, None, False, "needs --calibration"),
         ("11.0", "fp16", FP32, None, False, "modelopt.onnx.autocast"),

@@ -63,7 +63,7 @@ def test_check_batch_rejects(request_: dict[str, np.ndarray], match: str) -> Non
 
 @pytest.mark.gpu
 def test_engine_matches_onnx_on_gpu(
-    tensorrt: object, tmp_path: Path, int8_onnx: Path, fp32_onnx: Path, eval_views: ViewSet
+    tensorrt: object, tmp_path: Path, int8_onnx: Path, fp32_onnx: Path, eval_views: ViewSet, eval_npz: Path
 ) -> None:
     """Full path on an NVIDIA GPU: build INT8 and FP16 engines, run them through `TrtEngine`."""
     from engines.trt_build import build_engine
@@ -71,7 +71,7 @@ def test_engine_matches_onnx_on_gpu(
     from engines.trt_runtime import TrtEngine
     from engines.verify import read_meta
 
-    report = build_engine(int8_onnx, tmp_path / "m.engine", batch=BatchRange(1, 4, 8), samples=eval_views)
+    report = build_engine(int8_onnx, tmp_path / "m.engine", batch=BatchRange(1, 4, 8), samples=eval_npz)
     engine = TrtEngine(report.engine)
     try:
         person = eval_views.inputs["person"][:11]
@@ -80,5 +80,7 @@ def test_engine_matches_onnx_on_gpu(
         assert engine.meta == read_meta(int8_onnx)
     finally:
         engine.close()
-    fp16 = build_engine(fp32_onnx, tmp_path / "m16.engine", precision="fp16", samples=eval_views)
-    assert fp16.plan.precision in ("fp16", "fp32")
+    fp16 = build_engine(
+        fp32_onnx, tmp_path / "m16.engine", precision="fp16", fallback=False, samples=eval_npz
+    )
+    assert fp16.plan.precision == "fp16"

@@ -51,9 +51,32 @@ def test_max_batch_is_smallest_profile_max() -> None:
 
 
 def test_rebuild_command() -> None:
-    assert REBUILD == "affectline engines build m-int8.onnx --out m.engine --precision int8 --batch 1,8,16"
-    assert rebuild_command("a b.onnx", "e", "fp16", (1, 1, 4), 1).endswith("--batch 1,1,4 --dla-core 1")
+    assert REBUILD == (
+        "affectline engines build m-int8.onnx --out m.engine --precision int8 --batch 1,8,16 --no-verify"
+    )
+    assert rebuild_command("a b.onnx", "e", "fp16", (1, 1, 4), 1, samples="v.npz").endswith(
+        "--batch 1,1,4 --dla-core 1 --samples v.npz"
+    )
     assert "'a b.onnx'" in rebuild_command("a b.onnx", "e", "fp16", (1, 1, 4), 1)
+    implicit = rebuild_command("m.onnx", "e", "int8", (1, 8, 16), None, calibration="c.npz", device=1)
+    assert implicit.endswith("--calibration c.npz --device 1 --no-verify")
+
+
+def test_the_rebuild_command_parses_as_a_build(tmp_path: Path) -> None:
+    """What the sidecar tells a user to run is a command the CLI accepts (every flag exists)."""
+    import argparse
+    import shlex
+
+    from engines.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    line = rebuild_command(
+        "m.onnx", "e", "int8", (1, 8, 16), 0, samples="v.npz", calibration="c.npz", device=1
+    )
+    args = parser.parse_args(shlex.split(line)[1:])
+    assert (args.samples, args.calibration, args.device, args.dla_core) == ("v.npz", "c.npz", 1, 0)
+    assert parser.parse_args(shlex.split(REBUILD)[1:]).no_verify
 
 
 def test_missing_sidecar(tmp_path: Path) -> None:
@@ -70,6 +93,29 @@ def test_wrong_kind_and_missing_fields(tmp_path: Path) -> None:
     write_sidecar(path, KIND, {"tensorrt_version": "10.3"})
     with pytest.raises(EnginesInputError, match="sidecar lacks"):
         EngineSidecar.read(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"sha256": "zz"}, "sha256 'zz' is not 64"),
+        ({"sha256": None}, "sha256 None"),
+        ({"precision": "int4"}, r"precision 'int4' not one of \('int8', 'fp16', 'fp32'\)"),
+        ({"inputs": {}}, "inputs {} must name at least one input"),
+        ({"inputs": {"person": {"min": [1, 3, 64, 64]}}}, "inputs.person .* must hold min, opt and max"),
+        ({"inputs": {"person": {"min": [1], "opt": [1], "max": [1]}}}, "inputs.person"),
+        (
+            {"inputs": {"person": {"min": [0, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [1, 3, 8, 8]}}},
+            "inputs.person .* positive",
+        ),
+        ({"outputs": "logits"}, "outputs 'logits' must be a list"),
+    ],
+)
+def test_unusable_sidecar_fields_are_named(engine: Path, change: dict[str, object], match: str) -> None:
+    record = json.loads(sidecar_path(engine).read_text())
+    sidecar_path(engine).write_text(json.dumps({**record, **change}))
+    with pytest.raises(EnginesInputError, match=rf"m\.engine: sidecar {match}"):
+        EngineSidecar.read(engine)
 
 
 def test_matching_device_passes() -> None:
