@@ -195,9 +195,9 @@ def _parity(
         # sample and an odd batch (as many of those as there are samples for).
         batch = min(PARITY_BATCH, len(samples))
         sizes = tuple(sorted({1, min(3, len(samples)), batch}))
-        got = run_views(ort_runner, samples, PARITY_BATCH)
+        got = run_views(ort_runner, samples, PARITY_BATCH)  # the full batches: compared below
         atol = tolerance.max_logit_abs if tolerance.max_logit_abs is not None else 1e-3
-        for size in sizes:
+        for size in sizes[:-1]:
             small = ort_runner.run(samples.take(slice(0, size)).inputs)
             if not np.allclose(small[0], ref[0][:size], atol=atol):
                 raise VerificationError(f"at batch size {size}, ONNX Runtime's logits differ from PyTorch's")

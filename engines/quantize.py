@@ -311,7 +311,7 @@ def quantize_int8(
         raise EnginesInputError(
             f"latency batch sizes {too_big}: must be in [1, {len(eval_set)}] (eval samples available)"
         )
-    read_sidecar(fp32_onnx)  # the INT8 sidecar records the FP32 model's provenance
+    src_side = read_sidecar(fp32_onnx)  # the INT8 sidecar records the FP32 model's provenance
     labelled = bool((eval_set.labels >= 0).any())
     calib = ViewSet.load(calibration)
     shared = sorted(set(calib.origin.tolist()) & set(eval_set.origin.tolist()))
@@ -374,7 +374,7 @@ def quantize_int8(
             p: {b: measure_latency(f, eval_set, b, threads) for b in latency_batches}
             for p, f in (("fp32", fp32_onnx), ("int8", out))
         }
-    _write_report(report, fp32_onnx, calibration, calib, eval_set, percentile)
+    _write_report(report, fp32_onnx, src_side, calibration, calib, eval_set, percentile)
     return report
 
 
@@ -462,12 +462,12 @@ def _climb(
 def _write_report(
     report: QuantizeReport,
     fp32_onnx: Path,
+    src_side: dict[str, Any],
     calibration: str | Path,
     calib: ViewSet,
     eval_set: ViewSet,
     percentile: float,
 ) -> None:
-    src_side = read_sidecar(fp32_onnx)
     cost = model_cost(fp32_onnx)
     write_sidecar(
         report.onnx,

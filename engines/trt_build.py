@@ -205,9 +205,9 @@ def build_engine(
     built = _first_buildable(
         trt, version, chain, onnx_path, fp32_onnx, dla_core, calibration, batch, cache_path, workspace_mb
     )
-    blob, src, plan, (inputs, outputs, props), skipped = built
+    src, plan, inputs, skipped = built.onnx, built.plan, built.inputs, built.skipped
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(blob)
+    out.write_bytes(built.blob)
     calib_hash = _calibration_hash(src, plan, calibration)
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__,
@@ -218,11 +218,11 @@ def build_engine(
             n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
             for n, s in profile_shapes(inputs, batch).items()
         },
-        outputs=outputs,
+        outputs=built.outputs,
         source_onnx=str(src),
         source_onnx_sha256=sha256_file(src),
         calibration_sha256=calib_hash,
-        model_props=props,
+        model_props=built.props,
         plan=asdict(plan),
         rebuild=rebuild_command(
             str(src),
@@ -256,6 +256,20 @@ def build_engine(
     return report
 
 
+@dataclass(frozen=True)
+class _Built:
+    """The first precision of the chain that built: its engine bytes, the ONNX it came from (with
+    that file's inputs, outputs and metadata), its plan and the notes on the precisions skipped."""
+
+    blob: bytes
+    onnx: Path
+    plan: BuildPlan
+    inputs: dict[str, tuple[int, ...]]
+    outputs: list[str]
+    props: dict[str, str]
+    skipped: list[str]
+
+
 def _first_buildable(
     trt: Any,
     version: TrtVersion,
@@ -267,12 +281,8 @@ def _first_buildable(
     batch: BatchRange,
     cache_path: Path,
     workspace_mb: int,
-) -> tuple[bytes, Path, BuildPlan, tuple[dict[str, tuple[int, ...]], list[str], dict[str, str]], list[str]]:
+) -> _Built:
     """Plan and build each precision of ``chain`` in turn until one builds.
-
-    Returns:
-        (serialized engine, the ONNX it was built from, its plan, that ONNX's (inputs, outputs,
-        metadata), the notes on the precisions skipped before it).
 
     Raises:
         EnginesInputError: no precision could be planned (the caller's choice of arguments).
@@ -298,7 +308,7 @@ def _first_buildable(
         except VerificationError as exc:
             skipped.append(f"{prec}: build failed: {exc}")
             continue
-        return blob, src, plan, (inputs, outputs, props), skipped
+        return _Built(blob, src, plan, inputs, outputs, props, skipped)
     # Planning refusals are the caller's choice of arguments; a failed build is this device's.
     error = VerificationError if any("build failed" in note for note in skipped) else EnginesInputError
     raise error(f"no engine could be built on TensorRT {version}: " + "; ".join(skipped))

@@ -17,9 +17,9 @@ from typing import Any
 
 from engines.artifacts import read_sidecar
 from engines.errors import EngineMismatchError, EnginesInputError
+from engines.trt_plan import PRECISIONS
 
 KIND = "tensorrt-engine"
-PRECISIONS = ("int8", "fp16", "fp32")
 _HEX = frozenset("0123456789abcdef")
 
 
