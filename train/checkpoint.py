@@ -170,16 +170,26 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
             build, or weights that do not fit the named model.
     """
     blob = load_checkpoint(path)
-    kwargs = {**blob["model_kwargs"], "pretrained": False}
-    try:
-        model = build_model(blob["model"], **kwargs)
-    except (ValueError, TypeError) as exc:  # unknown factory name or kwargs of another version
-        raise CheckpointError(f"{path}: cannot build its model: {exc}") from exc
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {blob['model']!r}: {exc}") from exc
+    model = model_with_weights(blob, blob["state_dict"], str(path))
     return model.eval(), checkpoint_meta(blob, str(path))
+
+
+def model_with_weights(blob: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The network a loaded checkpoint names (factory name and kwargs), holding ``state_dict``.
+
+    Raises:
+        CheckpointError: a model name or kwargs this version cannot build, or weights that do not
+            fit it (the message names ``source``).
+    """
+    try:
+        model = build_model(blob["model"], **{**blob["model_kwargs"], "pretrained": False})
+    except (ValueError, TypeError) as exc:  # unknown factory name or kwargs of another version
+        raise CheckpointError(f"{source}: cannot build its model: {exc}") from exc
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit model {blob['model']!r}: {exc}") from exc
+    return model
 
 
 def checkpoint_meta(blob: dict[str, Any], source: str) -> ModelMeta:

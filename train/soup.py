@@ -21,9 +21,9 @@ from train.checkpoint import (
     checkpoint_meta,
     config_sha256,
     load_checkpoint,
+    model_with_weights,
     save_checkpoint,
 )
-from train.models import build_model
 
 # Metadata that legitimately differs between the ingredients (the soup gets its own).
 _OWN_PROPS = (PREFIX + "model_version", PREFIX + "train_config_sha256")
@@ -84,11 +84,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
             {"path": str(p), "config_sha256": b["config_sha256"]} for p, b in zip(paths, blobs, strict=True)
         ],
     }
-    net = build_model(want["model"], **{**want["model_kwargs"], "pretrained": False})
-    try:
-        net.load_state_dict(average_state_dicts([b["state_dict"] for b in blobs]))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{paths[0]}: weights do not fit model {want['model']!r}: {exc}") from exc
+    net = model_with_weights(blobs[0], average_state_dicts([b["state_dict"] for b in blobs]), str(paths[0]))
     meta = checkpoint_meta(blobs[0], str(paths[0]))
     meta = dataclasses.replace(
         meta,
