@@ -8,7 +8,7 @@ from pathlib import Path
 
 from calibration.coverage import Coverage, coverage
 from calibration.datasets import CalibrationDataError, dataset_views, held_out_split
-from calibration.video import VideoCapture, video_views
+from calibration.video import DEFAULT_EVERY_S, VideoCapture, video_views
 from calibration.viewset import ViewSet
 from edge_agent.config import Camera, Detection
 from edge_agent.modelmeta import ModelMeta
@@ -39,6 +39,7 @@ def build_calibration_set(
     specs: Sequence[str] = (),
     camera: Camera | None = None,
     seconds: float = 60.0,
+    every_s: float = DEFAULT_EVERY_S,
     n: int = DEFAULT_COUNT,
     min_count: int | None = None,
     detection: Detection | None = None,
@@ -56,6 +57,7 @@ def build_calibration_set(
         specs: Dataset specs ``kind:path`` (``expw:…``, ``ferplus:…``); may be empty with a camera.
         camera: Camera or clip to watch, or None.
         seconds: How long to watch the camera.
+        every_s: Minimum stream seconds between camera frames used, in [0, 60].
         n: Samples wanted, in [1, 100000].
         min_count: Fail below this many samples (default ``n``).
         detection: The agent's detection config for the camera part.
@@ -79,7 +81,7 @@ def build_calibration_set(
     parts: list[ViewSet] = []
     video = None
     if camera is not None:
-        vs, video = video_views(meta, camera, seconds, n, detection)
+        vs, video = video_views(meta, camera, seconds, n, detection, every_s)
         parts.append(vs)
     have = sum(len(p) for p in parts)
     held_out = held_out_split(meta, test_fraction=test_fraction, split_seed=split_seed)
@@ -95,6 +97,7 @@ def build_calibration_set(
         "datasets": list(specs),
         "camera": _describe(camera),
         "seconds": seconds if camera else None,
+        "every_s": every_s if camera else None,
         "seed": seed,
         "test_fraction": held_out["test_fraction"],
         "split_seed": held_out["split_seed"],

@@ -8,10 +8,11 @@ scales are therefore fitted on exactly the inputs the model will get on that cam
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,12 @@ from calibration.viewset import ViewSet
 from edge_agent.config import Camera, Detection
 from edge_agent.modelmeta import ModelMeta
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from edge_agent.infer import Preprocessor
+    from edge_agent.sources import Source
+    from edge_agent.structures import Frame
+
+DEFAULT_EVERY_S = 0.2
 
 
 def camera_from_uri(uri: str) -> Camera:
@@ -68,7 +74,7 @@ def video_views(
     seconds: float,
     n: int,
     detection: Detection | None = None,
-    every_s: float = 0.2,
+    every_s: float = DEFAULT_EVERY_S,
 ) -> tuple[ViewSet, VideoCapture]:
     """Person/scene views of the faces seen in ``seconds`` of a camera or clip.
 
@@ -78,7 +84,8 @@ def video_views(
         seconds: Stream time to watch (clip time for files, wall time for live sources), (0, 3600].
         n: Samples wanted; if more faces are seen, ``n`` are kept evenly spread over time.
         detection: The agent's detection config (default: its defaults).
-        every_s: Minimum stream time between frames used, so samples are not near-duplicates.
+        every_s: Minimum stream time between frames used, in [0, 60], so samples are not
+            near-duplicates.
 
     Raises:
         CalibrationDataError: bad arguments, or no face found in the window.
@@ -87,60 +94,100 @@ def video_views(
     from edge_agent.infer import Preprocessor
     from edge_agent.sources import open_source
 
+    _check_window(seconds, n, every_s)
+    pre = Preprocessor(meta)
+    detector = build_detector(detection or Detection())
+    source = open_source(camera)
+    faces = _Faces(pre)
+    tally = _Tally()
+    try:
+        source.start()
+        for t_stream, frame in _spaced_frames(source, camera, seconds, every_s, tally):
+            det = detector.detect(frame)
+            boxes = det.face_xyxy[det.has_face] if det.face_xyxy is not None else np.zeros((0, 4))
+            if len(boxes):
+                tally.frames_with_faces += 1
+                faces.add(frame.image, boxes, f"video:{camera.name}@{t_stream:.2f}s")
+    finally:
+        source.close()
+        detector.close()
+    if not faces.origin:
+        raise CalibrationDataError(
+            f"no face found in {tally.frames} frames of the video; point the camera at people "
+            "or use a longer --seconds"
+        )
+    seen = VideoCapture(tally.frames, tally.frames_with_faces, len(faces.origin), max(tally.t_stream, 0.0))
+    return faces.spread(meta, n), seen
+
+
+def _check_window(seconds: float, n: int, every_s: float) -> None:
     if not 0 < seconds <= 3600:
         raise CalibrationDataError(f"--seconds={seconds}: must be in (0, 3600]")
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
-    pre = Preprocessor(meta)
-    detector = build_detector(detection or Detection())
-    source = open_source(camera)
-    person_name, scene_name = meta.input_for("person").name, meta.input_for("scene").name
-    views: dict[str, list[np.ndarray]] = {person_name: [], scene_name: []}
-    origin: list[str] = []
-    frames = with_faces = 0
-    t_stream = last_used = -np.inf
-    try:
-        source.start()
-        start = time.monotonic()
-        while not source.ended and time.monotonic() - start < seconds + 30:
-            frame = source.read(timeout=0.5)
-            if frame is None:
-                continue
-            frames += 1
-            fps = source.source_fps
-            t_stream = frame.index / fps if camera.source.type == "file" and fps > 0 else frame.t_mono - start
-            if t_stream > seconds:
-                break
-            if t_stream - last_used < every_s:
-                continue
+    if not 0 <= every_s <= 60:
+        raise CalibrationDataError(f"--every={every_s}: must be in [0, 60] seconds")
+
+
+@dataclass
+class _Tally:
+    """Counters of one watch, for `VideoCapture` and the no-face message."""
+
+    frames: int = 0
+    frames_with_faces: int = 0
+    t_stream: float = 0.0
+
+
+def _spaced_frames(
+    source: Source, camera: Camera, seconds: float, every_s: float, tally: _Tally
+) -> Iterator[tuple[float, Frame]]:
+    """Frames at least ``every_s`` apart in stream time, until ``seconds`` of stream have passed.
+
+    Yields:
+        ``(stream time in s, frame)``. A live source that stalls ends the watch 30 s after the
+        window, so a dead camera cannot hang calibration.
+    """
+    start = time.monotonic()
+    last_used = -np.inf
+    while not source.ended and time.monotonic() - start < seconds + 30:
+        frame = source.read(timeout=0.5)
+        if frame is None:
+            continue
+        tally.frames += 1
+        fps = source.source_fps
+        # Clip time for files (decoding may run faster or slower than real time), wall time live.
+        t_stream = frame.index / fps if camera.source.type == "file" and fps > 0 else frame.t_mono - start
+        tally.t_stream = t_stream
+        if t_stream > seconds:
+            return
+        if t_stream - last_used >= every_s:
             last_used = t_stream
-            det = detector.detect(frame)
-            faces = det.face_xyxy[det.has_face] if det.face_xyxy is not None else np.zeros((0, 4))
-            if not len(faces):
-                continue
-            with_faces += 1
-            for name, arr in pre.views(frame.image, faces).items():
-                views[name].append(arr)
-            origin += [f"video:{camera.name}@{t_stream:.2f}s#{i}" for i in range(len(faces))]
-    finally:
-        source.close()
-        detector.close()
-    if not origin:
-        raise CalibrationDataError(
-            f"no face found in {frames} frames of the video; point the camera at people "
-            "or use a longer --seconds"
+            yield t_stream, frame
+
+
+class _Faces:
+    """Both views of every face seen, with where each came from."""
+
+    def __init__(self, pre: Preprocessor) -> None:
+        self.pre = pre
+        self.views: dict[str, list[np.ndarray]] = {}
+        self.origin: list[str] = []
+
+    def add(self, image: np.ndarray, boxes: np.ndarray, where: str) -> None:
+        for name, arr in self.pre.views(image, boxes).items():
+            self.views.setdefault(name, []).append(arr)
+        self.origin += [f"{where}#{i}" for i in range(len(boxes))]
+
+    def spread(self, meta: ModelMeta, n: int) -> ViewSet:
+        """``n`` of the faces (all if fewer), evenly spread over the watch, normalised for the model."""
+        count = len(self.origin)
+        keep = np.unique(np.linspace(0, count - 1, min(n, count)).round().astype(np.int64))
+        raw = {name: np.concatenate(arrs)[keep] for name, arrs in self.views.items()}
+        person = raw[meta.input_for("person").name]
+        return ViewSet(
+            {name: self.pre.normalise(name, arr) for name, arr in raw.items()},
+            np.full(len(keep), -1, np.int64),
+            luma(np.ascontiguousarray(person)),
+            np.array(self.origin)[keep],
+            meta.classes,
         )
-    person = np.concatenate(views[person_name])
-    scene = np.concatenate(views[scene_name])
-    keep = np.unique(np.linspace(0, len(origin) - 1, min(n, len(origin))).round().astype(np.int64))
-    vs = ViewSet(
-        {
-            person_name: pre.normalise(person_name, person[keep]),
-            scene_name: pre.normalise(scene_name, scene[keep]),
-        },
-        np.full(len(keep), -1, np.int64),
-        luma(np.ascontiguousarray(person[keep])),
-        np.array(origin)[keep],
-        meta.classes,
-    )
-    return vs, VideoCapture(frames, with_faces, len(origin), float(max(t_stream, 0.0)))

@@ -90,6 +90,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         specs=specs,
         camera=camera,
         seconds=args.seconds,
+        every_s=args.every,
         n=args.count,
         min_count=args.min_count,
         detection=detection,
@@ -249,6 +250,13 @@ def register(subparsers: Any) -> None:
         "--from-video", metavar="URI", help="rtsp://..., a USB index, a GStreamer pipeline or a clip"
     )
     p.add_argument("--seconds", type=float, default=60.0, help="how long to watch --from-video (default 60)")
+    p.add_argument(
+        "--every",
+        type=float,
+        default=0.2,
+        help="minimum seconds between --from-video frames used, so samples are not near-duplicates "
+        "(default 0.2)",
+    )
     p.add_argument("--config", help="agent config whose detection settings to use for --from-video")
     p.add_argument("--no-datasets", action="store_true", help="camera samples only")
     p.add_argument("--min-count", type=int, help="fail below this many samples (default: --count)")

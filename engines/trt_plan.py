@@ -66,10 +66,6 @@ class OnnxPrecision:
     has_qdq: bool
     has_fp16: bool
 
-    @property
-    def label(self) -> str:
-        return "int8-qdq" if self.has_qdq else "fp16" if self.has_fp16 else "fp32"
-
 
 @dataclass(frozen=True)
 class BuildPlan:

@@ -49,8 +49,27 @@ def test_faces_from_a_real_clip(meta: ModelMeta, single_face_clip: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("seconds", "n", "match"), [(0.0, 4, "--seconds=0.0"), (4000.0, 4, "--seconds=4000.0"), (1.0, 0, "n=0")]
+    ("seconds", "n", "every_s", "match"),
+    [
+        (0.0, 4, 0.2, "--seconds=0.0"),
+        (4000.0, 4, 0.2, "--seconds=4000.0"),
+        (1.0, 0, 0.2, "n=0"),
+        (1.0, 4, -0.1, "--every=-0.1"),
+        (1.0, 4, 61.0, "--every=61.0"),
+    ],
 )
-def test_video_rejects(meta: ModelMeta, single_face_clip: Path, seconds: float, n: int, match: str) -> None:
+def test_video_rejects(
+    meta: ModelMeta, single_face_clip: Path, seconds: float, n: int, every_s: float, match: str
+) -> None:
     with pytest.raises(CalibrationDataError, match=match):
-        video_views(meta, camera_from_uri(str(single_face_clip)), seconds=seconds, n=n)
+        video_views(meta, camera_from_uri(str(single_face_clip)), seconds=seconds, n=n, every_s=every_s)
+
+
+@pytest.mark.parametrize("every_s", [0.0, 0.5])
+def test_frames_are_spaced_by_every(meta: ModelMeta, single_face_clip: Path, every_s: float) -> None:
+    vs, seen = video_views(meta, camera_from_uri(str(single_face_clip)), seconds=2.0, n=1000, every_s=every_s)
+    times = sorted({float(o.split("@")[1].split("s#")[0]) for o in vs.origin})
+    assert len(vs) == seen.faces  # n above the faces seen keeps them all
+    assert min(np.diff(times)) >= every_s - 0.01  # origin times are written to 0.01 s
+    if every_s == 0:
+        assert seen.frames_with_faces == len(times) > 2.0 / 0.5 + 1  # denser than the 0.5-s case allows

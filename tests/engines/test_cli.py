@@ -190,3 +190,14 @@ def test_quantize_flag_defaults_are_the_library_defaults() -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["engines", "quantize", "m.onnx", "--calibration", "c.npz", "--out", "q.onnx"])
     assert (args.max_drop, args.min_agreement) == (MAX_TOP1_DROP, MIN_AGREEMENT)
+
+
+def test_calibrate_flag_defaults_are_the_library_defaults() -> None:
+    from calibration.build import DEFAULT_COUNT
+    from calibration.video import DEFAULT_EVERY_S
+    from engines.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["engines", "calibrate", "--model", "m.onnx", "--out", "c.npz"])
+    assert (args.every, args.count) == (DEFAULT_EVERY_S, DEFAULT_COUNT)
