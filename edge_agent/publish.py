@@ -5,7 +5,8 @@ per-camera state and, when a message is due, builds its JSON and puts it in the 
 never touches the network. One network thread owns the paho client: it connects with backoff,
 runs the summary/stats timers, hands queued messages to paho and re-sends retained state after
 every reconnect. Because only that thread calls paho, messages leave in the order they were
-queued, also across reconnects (paho re-sends its unacknowledged ones before ours).
+queued, also across reconnects: after ``online``, paho re-sends its unacknowledged ones, then the
+retained states go out, then the queue; a `state` report superseded while queued is not sent.
 """
 
 from __future__ import annotations
@@ -362,6 +363,8 @@ class Publisher:
         self._outbox = Outbox(cfg.buffer_size)
         self._lock = threading.Lock()  # summary windows, latest states, extra stats
         self._states: dict[str, Message] = {}
+        # The states to re-send after a CONNACK, handed over once paho has re-sent its own backlog.
+        self._resend: list[Message] = []
         self._extra_stats: dict[str, Any] = {}
         self._stats_due = now + cfg.stats_s
         self._state = "new"
@@ -625,9 +628,10 @@ class Publisher:
         self._failures, self._outage_logged, self._delay = 0, False, self.cfg.reconnect_min_s
         with self._lock:
             # Snapshot and flip together: a state stored before this block is in the snapshot, one
-            # stored after it sees `_connected` and is queued (the queue is pumped after these messages).
-            retained = list(self._states.values())
+            # stored after it sees `_connected` and is queued (the queue is pumped after the snapshot).
+            self._resend = list(self._states.values())
             self._connected = True
+        retained: list[Message] = []
         if self.cfg.home_assistant:
             retained += [
                 Message("discovery", t, json.dumps(p, separators=(",", ":")).encode(), 1, True)
@@ -688,6 +692,10 @@ class Publisher:
         assert self._client is not None
         info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
         if msg.qos:
+            if info.rc in (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST):
+                # The connection died under this write. paho keeps the message and resends it after
+                # the reconnect, but `is_published()` would raise on the stale code for ever after.
+                info.rc = mqtt.MQTT_ERR_SUCCESS
             self._unacked.append((info, msg.kind))
             self._outbox.count(msg.kind, "buffered")
         elif info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -696,13 +704,32 @@ class Publisher:
             self._outbox.count(msg.kind, "dropped")
 
     def _pump(self) -> None:
-        """Count acknowledgements, then hand queued messages to paho while in-flight room is left."""
+        """Count acknowledgements, then hand queued messages to paho while in-flight room is left.
+
+        The states of the last CONNACK go first. paho re-sends its unacknowledged messages after
+        the CONNACK callback, so an older `state` among them would otherwise stay retained.
+        """
         while self._unacked and self._unacked[0][0].is_published():
             _, kind = self._unacked.popleft()
             self._outbox.count(kind, "buffered", -1)
             self._outbox.count(kind, "sent")
+        resend, self._resend = self._resend, []
+        for msg in resend:
+            if self._current(msg):
+                self._hand_over(msg)
         for msg in self._outbox.take(MAX_INFLIGHT - len(self._unacked)):
-            self._hand_over(msg)
+            if self._current(msg):
+                self._hand_over(msg)
+            else:
+                self._outbox.count(msg.kind, "dropped")
+
+    def _current(self, msg: Message) -> bool:
+        """False for a camera `state` that a newer report has replaced (sending it would make the
+        broker retain the older one if the newer went out first)."""
+        if msg.kind != "state":
+            return True
+        with self._lock:
+            return any(m is msg for m in self._states.values())
 
     def _timers(self, now: float) -> None:
         for camera, cam in self._cams.items():

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -575,3 +576,70 @@ def test_tls_bad_certificates_fail_cleanly(
     pub.close(flush_timeout_s=0.2)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and reason in errors[0]
+
+
+def test_write_failure_while_pumping_is_an_outage_not_a_failure(
+    mosquitto: Mosquitto,
+    publisher: Any,
+    recorder: Callable[..., Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection that dies while queued messages are handed to paho (the write fails inside
+    `publish`) leaves them with an error code; paho keeps and resends them after the reconnect.
+    The publisher used to read that code as a bug and switch MQTT off for the rest of the run."""
+    hand_over = Publisher._hand_over
+    armed: list[bool] = []
+
+    def reset_then_hand_over(self: Publisher, msg: Message) -> None:
+        if armed and msg.kind == "events":
+            armed.clear()
+            assert self._client is not None
+            sock = self._client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_WR)  # this write fails (EPIPE): a network reset
+        hand_over(self, msg)
+
+    monkeypatch.setattr(Publisher, "_hand_over", reset_then_hand_over)
+    rec = recorder(mosquitto.port, "affectline/a1/cam/events")
+    pub = publisher(mosquitto.port)
+    wait_until(lambda: pub.connected)
+    pub.publish(frame_result("cam", 0, [(0, 0)]))
+    rec.wait(lambda m: len(m) == 1)
+    wait_until(lambda: pub.counters()["events_sent"] == 1)
+    armed.append(True)
+    tracks = [(0, 0)]
+    for i in range(1, 6):
+        tracks = [*tracks, (i, 0)]
+        pub.publish(frame_result("cam", i, tracks))
+    msgs = rec.wait(lambda m: {x.json["seq"] for x in m} >= set(range(6)), timeout=10)
+    assert not armed and pub.state == "online"
+    assert {validate(m)["seq"] for m in msgs} == set(range(6))
+    wait_until(lambda: pub.counters()["events_buffered"] == 0)
+    assert pub.counters()["events_sent"] == 6
+
+
+def test_state_superseded_during_an_outage_is_not_left_retained(
+    mosquitto_factory: Callable[..., Mosquitto], publisher: Any, recorder: Callable[..., Recorder]
+) -> None:
+    """The broker hangs while a camera reports `reconnecting` (handed to paho, never acknowledged),
+    dies, and the camera is `online` again before the agent reconnects. paho re-sends its backlog
+    after the CONNACK callback; the newest state must still be the one the broker retains."""
+    broker = mosquitto_factory()
+    pub = publisher(broker.port)
+    wait_until(lambda: pub.connected)
+    pub.camera_state(CameraStatus("cam", "online", fps=25.0, frames=10, t_wall=time.time()))
+    wait_until(lambda: pub.counters()["state_sent"] == 1)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)  # hangs: what goes out now is never acknowledged
+    pub.camera_state(CameraStatus("cam", "reconnecting", detail="camera lost", t_wall=time.time()))
+    wait_until(lambda: len(pub._outbox) == 0)  # handed to paho
+    broker.proc.kill()
+    broker.proc.wait()
+    broker.proc = None
+    wait_until(lambda: not pub.connected)
+    pub.camera_state(CameraStatus("cam", "online", fps=24.0, frames=99, t_wall=time.time()))
+    broker.start()  # no persistence: only what the agent sends now is retained
+    wait_until(lambda: pub.connected and pub.counters()["state_buffered"] == 0, timeout=10)
+    late = recorder(broker.port, "affectline/a1/cam/state")
+    retained = validate(late.wait(lambda m: len(m) >= 1)[0])
+    assert (retained["state"], retained["frames"]) == ("online", 99)
