@@ -39,6 +39,9 @@ class Pipeline:
         self.detector_stale = 0
         self.trackers: dict[str, Tracker] = {}
         self.smoothers: dict[str, Smoother] = {}
+        # Track ids ended but not yet delivered in a result: a stage that fails after the tracker
+        # ran must not lose the end (no `track_ended`, smoother and publisher state kept for ever).
+        self.undelivered_ends: dict[str, tuple[int, ...]] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -61,7 +64,10 @@ class Pipeline:
         t0 = time.perf_counter()
         self.inferencer.infer(results)
         infer_ms = _ms(t0)
-        return [self._smooth(r, infer_ms) for r in results]
+        smoothed = [self._smooth(r, infer_ms) for r in results]
+        for frame in frames:
+            self.undelivered_ends.pop(frame.camera, None)
+        return smoothed
 
     def _detect_and_track(self, frame: Frame) -> FrameResult:
         stage_ms: dict[str, float] = {}
@@ -70,8 +76,9 @@ class Pipeline:
         t0 = time.perf_counter()
         tracked = tracker.update(detections, frame.t_mono)
         stage_ms["track"] = _ms(t0)
-        ended = tuple(tracker.ended)
-        self.inferencer.forget(frame.camera, ended)
+        self.inferencer.forget(frame.camera, tracker.ended)
+        ended = self.undelivered_ends.get(frame.camera, ()) + tuple(tracker.ended)
+        self.undelivered_ends[frame.camera] = ended
         return FrameResult(frame, tracked, self.classes, ended, stage_ms)
 
     def _detect(self, frame: Frame, stage_ms: dict[str, float]) -> Detections | None:

@@ -95,6 +95,34 @@ def test_face_noface_track_ends_when_face_leaves(tiny_pipeline, face_noface_clip
     assert track_ids(results[: ended[0]]) == {1}
 
 
+def test_track_end_survives_a_failed_frame(tiny_pipeline, face_noface_clip: Path) -> None:
+    """A stage failing after the tracker ran (here: the model call) must not lose the track's end:
+    the next frame that gets through carries it, so `track_ended` is still published."""
+    pipe = tiny_pipeline()
+    clean = run_clip(pipe, face_noface_clip)
+    pipe.close()
+    end_index = next(r.frame.index for r in clean if r.ended_tracks)
+    pipe = tiny_pipeline()
+    infer = pipe.inferencer.infer
+
+    def infer_failing_at_the_end(results: list[FrameResult]) -> None:
+        if results[0].frame.index in (end_index, end_index + 1):
+            raise RuntimeError("model call failed")
+        infer(results)
+
+    pipe.inferencer.infer = infer_failing_at_the_end
+    ends = []
+    for frame, _, _ in decode(str(face_noface_clip), "c"):
+        try:
+            result = pipe.process([frame])[0]
+        except RuntimeError:
+            continue
+        ends += [(result.frame.index, t) for t in result.ended_tracks]
+    pipe.close()
+    assert ends == [(end_index + 2, 1)]
+    assert not pipe.undelivered_ends
+
+
 def test_one_by_one_one_track_per_person(tiny_pipeline, one_by_one_clip: Path) -> None:
     """Six people walk in one after another, mostly seen from behind: the body detector keeps them."""
     pipe = tiny_pipeline(detector={"type": "ssd_mobilenet"})
