@@ -279,14 +279,12 @@ def model_name(cfg: AgentConfig) -> str:
 
 
 def _apply_overrides(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
-    output = cfg.output
+    updates: dict[str, Any] = {}
     if args.preview:
-        output = output.model_copy(
-            update={"preview": output.preview.model_copy(update={"path": args.preview})}
-        )
+        updates["output.preview.path"] = args.preview
     if args.console:
-        output = output.model_copy(update={"console": True})
-    return cfg.model_copy(update={"output": output})
+        updates["output.console"] = True
+    return cfg.with_updates(updates, "--preview/--console") if updates else cfg
 
 
 def print_summary(app: AffectlineApp) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -299,6 +300,36 @@ class AgentConfig(Strict):
         if dupes:
             raise ValueError(f"camera names must be unique, repeated: {dupes}")
         return self
+
+    @model_validator(mode="after")
+    def _preview_file_per_camera(self) -> AgentConfig:
+        path = self.output.preview.path
+        if path is not None and len(self.cameras) > 1 and "{camera}" not in path:
+            p = PurePath(path)
+            example = str(p.with_name(f"{p.stem}-{{camera}}{p.suffix}"))
+            raise ValueError(
+                f"output.preview.path={path!r} is one file for {len(self.cameras)} cameras: "
+                f"put '{{camera}}' in it, e.g. {example!r}"
+            )
+        return self
+
+    def with_updates(self, updates: Mapping[str, Any], source: str) -> AgentConfig:
+        """A copy with dotted-key ``updates`` (``{"output.console": True}``), validated again.
+
+        Raises:
+            ConfigError: the result breaks a rule (``source`` names where the updates came from).
+        """
+        data = self.model_dump()
+        for dotted, value in updates.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        try:
+            return AgentConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(source, format_errors(exc)) from None
 
 
 class ConfigError(Exception):

@@ -162,3 +162,18 @@ def test_unreadable_model_is_one_clear_line(
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr and str(bad) in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60
+
+
+def test_one_preview_file_for_two_cameras_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """`--preview out.mp4` on the two-camera demo would point both cameras' writers at one file."""
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--preview", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("--preview/--console: 1 problem(s)")
+    assert f"e.g. '{tmp_path}/out-{{camera}}.mp4'" in proc.stderr and not out.exists()

@@ -105,6 +105,50 @@ def test_duplicate_camera_names_rejected() -> None:
         parse_config(data)
 
 
+@pytest.mark.parametrize(
+    ("cameras", "path", "problem"),
+    [
+        (
+            2,
+            "run.mp4",
+            "output.preview.path='run.mp4' is one file for 2 cameras: put '{camera}' in it, "
+            "e.g. 'run-{camera}.mp4'",
+        ),
+        (2, "out/run.mp4", "e.g. 'out/run-{camera}.mp4'"),
+        (2, "out/{camera}.mp4", None),
+        (1, "run.mp4", None),
+        (2, None, None),
+    ],
+)
+def test_preview_path_names_the_camera_when_there_are_several(
+    cameras: int, path: str | None, problem: str | None
+) -> None:
+    cam = MINIMAL["cameras"][0]
+    data = {
+        "cameras": [{**cam, "name": f"cam{i}"} for i in range(cameras)],
+        "output": {"preview": {"path": path}},
+    }
+    if problem is None:
+        assert parse_config(data).output.preview.path == path
+    else:
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+        assert problem in info.value.problems[0]
+
+
+@pytest.mark.parametrize("source", ["config.yaml", "demo"])
+def test_with_updates_round_trips_and_revalidates(source: str) -> None:
+    from edge_agent.app import DEMO_CONFIG
+
+    cfg = load_config(ROOT / source) if source != "demo" else parse_config(DEMO_CONFIG)
+    assert cfg.with_updates({}, "none") == cfg
+    updated = cfg.with_updates({"output.console": True, "output.preview.path": "p-{camera}.mp4"}, "flags")
+    assert (updated.output.console, updated.output.preview.path) == (True, "p-{camera}.mp4")
+    with pytest.raises(ConfigError, match="mqtt.port: value -1") as info:
+        cfg.with_updates({"mqtt.port": -1}, "flags")
+    assert info.value.source == "flags"
+
+
 def test_every_problem_is_reported_at_once() -> None:
     data = with_("mqtt.port", -5)
     data["tracking"] = {"death_s": -1}
