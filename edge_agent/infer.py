@@ -297,11 +297,17 @@ class EmotionInferencer:
             self._cache.pop((camera, tid), None)
 
     def _select(self, result: FrameResult) -> np.ndarray:
-        """Row indices of persons that need a fresh model result."""
+        """Row indices of persons that need a fresh model result.
+
+        Only rows the detector matched in this frame: an unmatched row's face is the tracker's
+        prediction, whose result would count for nothing (no detector score, quality 0) and would
+        replace the cached one and restart its re-inference clock.
+        """
         det = result.detections
         assert det.face_xyxy is not None and det.tracker_id is not None
+        seen = det.has_face & det.data["matched"] if "matched" in det.data else det.has_face
         rows = []
-        for i in np.flatnonzero(det.has_face):
+        for i in np.flatnonzero(seen):
             face = det.face_xyxy[i]
             area = float((face[2] - face[0]) * (face[3] - face[1]))
             c = self._cache.get((result.frame.camera, int(det.tracker_id[i])))

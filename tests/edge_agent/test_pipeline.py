@@ -123,6 +123,23 @@ def test_track_end_survives_a_failed_frame(tiny_pipeline, face_noface_clip: Path
     assert not pipe.undelivered_ends
 
 
+@pytest.mark.parametrize(("every_k", "reinfer_n"), [(1, 1), (3, 4), (2, 5)])
+def test_only_detected_faces_are_inferred(
+    tiny_pipeline, single_face_clip: Path, every_k: int, reinfer_n: int
+) -> None:
+    """Between detector frames the tracker only predicts the face: running the model on that guess
+    gave a result of quality 0 that replaced the cached one and restarted the re-inference clock."""
+    pipe = tiny_pipeline(detection={"every_k_frames": every_k}, inference={"reinfer_every_n": reinfer_n})
+    results = run_clip(pipe, single_face_clip)
+    pipe.close()
+    observed = [r for r in results if len(r.detections) and r.detections.data["observed"].any()]
+    assert all(r.detections.data["matched"][r.detections.data["observed"]].all() for r in observed)
+    assert all((r.detections.data["quality"][r.detections.data["observed"]] > 0).all() for r in observed)
+    # Due every `reinfer_n` frames, served at the next detector frame.
+    gaps = np.diff([r.frame.index for r in observed])
+    assert len(observed) >= len(results) // (reinfer_n + every_k) and gaps.max() < reinfer_n + every_k
+
+
 def test_one_by_one_one_track_per_person(tiny_pipeline, one_by_one_clip: Path) -> None:
     """Six people walk in one after another, mostly seen from behind: the body detector keeps them."""
     pipe = tiny_pipeline(detector={"type": "ssd_mobilenet"})
