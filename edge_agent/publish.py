@@ -146,7 +146,8 @@ def event_payload(
 class SummaryWindow:
     """Per-camera aggregate between two ``summary`` messages.
 
-    Shares and means are over person-frames, so a person present twice as long weighs twice.
+    Shares and means are over labelled person-frames (a person without a reported emotion yet,
+    e.g. seen only from behind, has none to count), so a person present twice as long weighs twice.
     """
 
     def __init__(self, n_classes: int, t_start: float):
@@ -168,9 +169,9 @@ class SummaryWindow:
         self.persons_now = n
         self.persons_max = max(self.persons_max, n)
         if n:
-            known = labels[labels >= 0]
-            self.label_counts += np.bincount(known, minlength=self.n_classes)[: self.n_classes]
-            self.va_sum += valence_arousal.sum(axis=0)
+            known = labels >= 0
+            self.label_counts += np.bincount(labels[known], minlength=self.n_classes)[: self.n_classes]
+            self.va_sum += valence_arousal[known].sum(axis=0)
             self.tracks.update(tracks)
 
 
@@ -182,17 +183,16 @@ def summary_payload(window: SummaryWindow, classes: Sequence[str], now: float) -
         if labelled
         else {}
     )
-    pf = window.person_frames
     return {
         "window_s": round(now - window.t_start, 1),
         "persons": window.persons_now,
-        "persons_mean": round(pf / window.frames, 2) if window.frames else 0.0,
+        "persons_mean": round(window.person_frames / window.frames, 2) if window.frames else 0.0,
         "persons_max": window.persons_max,
         "tracks_seen": len(window.tracks),
         "labels": shares,
         "dominant": classes[int(np.argmax(window.label_counts))] if labelled else None,
-        "valence": round(float(window.va_sum[0]) / pf, 3) if pf else None,
-        "arousal": round(float(window.va_sum[1]) / pf, 3) if pf else None,
+        "valence": round(float(window.va_sum[0]) / labelled, 3) if labelled else None,
+        "arousal": round(float(window.va_sum[1]) / labelled, 3) if labelled else None,
     }
 
 
@@ -322,6 +322,7 @@ class _Camera:
 
     def __init__(self, n_classes: int, now: float, summary_s: float):
         self.tracks: dict[int, Track] = {}
+        self.last_frame_ts = 0.0  # wall time of the newest frame, for the track_ended events of close()
         self.persons_due = now
         self.summary_due = now + summary_s
         self.window = SummaryWindow(n_classes, now)
@@ -494,6 +495,7 @@ class Publisher:
     def close(self, reason: str = "stopped", flush_timeout_s: float = 5.0) -> None:
         """Publish ``stopped`` after the queued messages, wait for them up to ``flush_timeout_s``,
         disconnect cleanly (so the broker discards the Last Will) and stop the embedded broker."""
+        self._end_live_tracks()
         thread = self._thread
         if thread is not None:
             self._close_reason = reason
@@ -508,6 +510,16 @@ class Publisher:
             self._state = "stopped"
 
     # ------------------------------------------------------------------ pipeline side
+    def _end_live_tracks(self) -> None:
+        """`track_ended` for every track still live, so each `track_started` has its end."""
+        for camera, cam in self._cams.items():
+            if not self.cfg.aggregate_only:
+                for track in cam.tracks.values():
+                    self._put(
+                        "events", camera, event_payload("track_ended", track, self.classes, cam.last_frame_ts)
+                    )
+            cam.tracks.clear()
+
     def _update_tracks(self, cam: _Camera, result: FrameResult, labels: np.ndarray) -> list[str]:
         """Public ids of the rows, emitting started / emotion_changed / ended events."""
         det = result.detections
@@ -515,6 +527,7 @@ class Publisher:
         conf = _column(det, "confidence").tolist()
         seen = _column(det, "seconds_observed").tolist()
         camera, t_frame, events = result.frame.camera, result.frame.t_wall, not self.cfg.aggregate_only
+        cam.last_frame_ts = t_frame
         public = []
         for tid, label, c, s in zip(det.tracker_id.tolist(), labels.tolist(), conf, seen, strict=True):
             track = cam.tracks.get(tid)
@@ -735,9 +748,9 @@ class Publisher:
         for camera, cam in self._cams.items():
             if now >= cam.summary_due:
                 with self._lock:
+                    # A window without frames (camera down or ended) reports 0 persons, not the last count.
                     body = summary_payload(cam.window, self.classes, now)
-                    persons_now, cam.window = cam.window.persons_now, SummaryWindow(len(self.classes), now)
-                    cam.window.persons_now = persons_now
+                    cam.window = SummaryWindow(len(self.classes), now)
                 cam.summary_due = now + self.cfg.summary_s
                 self._put("summary", camera, body)
         if now >= self._stats_due:

@@ -111,6 +111,7 @@ def test_publisher_survives_taken_embedded_port(caplog: pytest.LogCaptureFixture
         pub.start()
         pub.publish(frame_result("cam", 0, [(1, 1)]))
         pub.close()
-    assert pub.state == "failed" and pub.counters()["events_dropped"] == 1
+    # track_started, and its track_ended at close
+    assert pub.state == "failed" and pub.counters()["events_dropped"] == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "cannot listen" in errors[0]

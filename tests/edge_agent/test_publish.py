@@ -147,15 +147,23 @@ def test_summary_of_empty_window_has_nulls() -> None:
     assert body["valence"] is None and body["arousal"] is None
 
 
-def test_summary_weighs_person_frames() -> None:
+def test_summary_weighs_labelled_person_frames() -> None:
     window = SummaryWindow(3, 0.0)
     window.add(np.array([0, 1]), np.array([[0.5, 0.0], [-0.5, 1.0]]), ["a", "b"])
-    window.add(np.array([1, -1]), np.array([[0.2, 0.2], [0.2, 0.2]]), ["a", "c"])
+    window.add(np.array([1, -1]), np.array([[0.2, 0.2], [0.0, 0.0]]), ["a", "c"])  # c: no estimate yet
     body = summary_payload(window, ("x", "y", "z"), 2.0)
     assert body["labels"] == {"x": round(1 / 3, 3), "y": round(2 / 3, 3), "z": 0.0}
     assert body["dominant"] == "y"
     assert body["tracks_seen"] == 3 and body["persons_mean"] == 2.0 and body["persons"] == 2
-    assert body["valence"] == pytest.approx(0.1) and body["arousal"] == pytest.approx(0.35)
+    assert (body["valence"], body["arousal"]) == (round(0.2 / 3, 3), round(1.2 / 3, 3))
+
+
+def test_summary_of_persons_without_estimates_has_no_valence() -> None:
+    """One person seen from behind all window long: counted, but no valence of 0 is made up."""
+    window = SummaryWindow(3, 0.0)
+    window.add(np.array([-1]), np.zeros((1, 2)), ["a"])
+    body = summary_payload(window, ("x", "y", "z"), 1.0)
+    assert (body["persons"], body["labels"], body["valence"], body["arousal"]) == (1, {}, None, None)
 
 
 @pytest.mark.parametrize(
@@ -370,7 +378,8 @@ def test_unreachable_broker_never_blocks_the_pipeline(caplog: pytest.LogCaptureF
     assert not pub.connected and pub.counters()["events_buffered"] == 3  # started + 2 changes
     pub.close(flush_timeout_s=0.2)
     counts = pub.counters()
-    assert counts["events_dropped"] == 3 and counts["events_buffered"] == 0
+    # the 3 buffered, and the live track's end that close() adds
+    assert counts["events_dropped"] == 4 and counts["events_buffered"] == 0
     warnings = [r for r in caplog.records if r.name == "edge_agent.publish" and r.levelno == logging.WARNING]
     assert len(warnings) >= 1 and "retrying" in warnings[0].getMessage()
 
@@ -490,7 +499,8 @@ def test_bad_password_fails_cleanly_after_retries(
         and "not authorized" in errors[0].lower()
         and f"({retries + 1} attempts)" in errors[0]
     )
-    assert pub.counters()["events_dropped"] == 1 and pub.state == "failed"
+    # track_started, and its track_ended at close
+    assert pub.counters()["events_dropped"] == 2 and pub.state == "failed"
 
 
 # ----------------------------------------------------------------------------- TLS
@@ -643,3 +653,50 @@ def test_state_superseded_during_an_outage_is_not_left_retained(
     late = recorder(broker.port, "affectline/a1/cam/state")
     retained = validate(late.wait(lambda m: len(m) >= 1)[0])
     assert (retained["state"], retained["frames"]) == ("online", 99)
+
+
+def test_close_ends_live_tracks_before_stopped(
+    mosquitto: Mosquitto, publisher: Any, recorder: Callable[..., Recorder]
+) -> None:
+    """A clip that ends, or a SIGTERM, leaves tracks live: each `track_started` still gets its end."""
+    rec = recorder(mosquitto.port, "affectline/a1/#")
+    pub = publisher(mosquitto.port)
+    wait_until(lambda: pub.connected)
+    pub.publish(frame_result("cam", 0, [(1, 3), (2, -1)], t_wall=1_700_000_123.5))
+    pub.close()
+    msgs = rec.wait(lambda m: any(x.json.get("state") == "stopped" for x in m if x.topic.endswith("/status")))
+    flow = [
+        (p["event"], p["track"], p["label"], p["frame_ts"]) if m.topic.endswith("/events") else p["state"]
+        for m in msgs
+        if m.topic.endswith(("/events", "/status"))
+        for p in [validate(m)]
+    ]
+    started = [f[1] for f in flow if f[0] == "track_started"]
+    assert flow == [
+        "online",
+        ("track_started", started[0], "happy", "2023-11-14T22:15:23.500Z"),
+        ("track_started", started[1], None, "2023-11-14T22:15:23.500Z"),
+        ("track_ended", started[0], "happy", "2023-11-14T22:15:23.500Z"),
+        ("track_ended", started[1], None, "2023-11-14T22:15:23.500Z"),
+        "stopped",
+    ]
+
+
+def test_summary_without_frames_reports_nobody(
+    mosquitto: Mosquitto, publisher: Any, recorder: Callable[..., Recorder]
+) -> None:
+    """The last count of a camera that stopped sending frames is not repeated as if still seen."""
+    rec = recorder(mosquitto.port, "affectline/a1/cam/summary")
+    pub = publisher(mosquitto.port, summary_s=0.3)
+    wait_until(lambda: pub.connected)
+    pub.publish(frame_result("cam", 0, [(1, 3), (2, 3)]))
+
+    def seen_then_one_more(m: list[Received]) -> bool:
+        counts = [x.json["persons_max"] for x in m]
+        return 2 in counts and counts.index(2) + 1 < len(counts)
+
+    msgs = rec.wait(seen_then_one_more, timeout=5)
+    i = [m.json["persons_max"] for m in msgs].index(2)
+    first, second = validate(msgs[i]), validate(msgs[i + 1])
+    assert (first["persons"], first["persons_max"]) == (2, 2)
+    assert (second["persons"], second["persons_mean"], second["valence"]) == (0, 0.0, None)
