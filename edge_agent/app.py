@@ -228,10 +228,21 @@ class AffectlineApp:
         for result in results:
             self.emit(result)
 
+    def _write_preview(self, result: FrameResult) -> None:
+        assert self.preview is not None
+        try:
+            self.preview.write(result)
+        except OSError as exc:
+            # A full disk or a removed folder ends the video, not the stream and MQTT.
+            self.stats.errors += 1
+            log.error("preview video disabled (loop error %d): %s", self.stats.errors, exc)
+            self.preview.close()
+            self.preview = None
+
     def emit(self, result: FrameResult) -> None:
         self.publisher.publish(result)
         if self.preview:
-            self.preview.write(result)
+            self._write_preview(result)
         if self.console:
             self.console.show(result)
         self.metrics.observe_frame(result)

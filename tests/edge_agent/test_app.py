@@ -177,3 +177,23 @@ def test_one_preview_file_for_two_cameras_is_refused_before_anything_starts(tmp_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("--preview/--console: 1 problem(s)")
     assert f"e.g. '{tmp_path}/out-{{camera}}.mp4'" in proc.stderr and not out.exists()
+
+
+def test_preview_that_cannot_be_written_is_dropped_not_the_run(
+    tmp_path: Path, mosquitto, recorder, single_face_clip: Path
+) -> None:
+    """The video folder cannot be made (here a file is in the way; in the field, a full or
+    unmounted disk): the agent logs it, counts a loop error and goes on publishing."""
+    (tmp_path / "blocker").write_text("not a folder")
+    rec = recorder(mosquitto.port, "affectline/e2e/#")
+    cfg = write_config(
+        tmp_path, mosquitto.port, [{"name": "cam", "source": {"type": "file", "path": str(single_face_clip)}}]
+    )
+    proc = agent(cfg, "--preview", str(tmp_path / "blocker" / "{camera}.mp4"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "preview video disabled (loop error 1)" in err and "loop errors 1" in out
+    msgs = rec.wait(
+        lambda m: any(x.topic.endswith("/status") and x.json["state"] == "stopped" for x in m), 10
+    )
+    assert any(m.topic.endswith("/cam/persons") for m in msgs)
