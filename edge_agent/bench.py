@@ -139,8 +139,15 @@ def bench_clip(
 
 
 def _bench_config(path: str | None) -> AgentConfig:
+    """The bench's config: built in, or the detector/model/tracking/smoothing settings of ``path``
+    with the bench's own agent id and embedded broker (never a deployed agent's broker and id)."""
     if path:
-        return load_config(path)
+        bench = {"agent_id": "bench", "mqtt": {"host": "embedded", "port": 0}}
+        return load_config(path).with_updates(bench, f"{path} (as the bench runs it)")
+    return _builtin_config()
+
+
+def _builtin_config() -> AgentConfig:
     demo = {
         "agent_id": "bench",
         "cameras": [{"name": "bench", "source": {"type": "file", "path": "unused"}}],
@@ -173,6 +180,20 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _clip_problem(clips: list[str]) -> str | None:
+    """The first clip that is not a readable video, checked before the model loads and any clip
+    runs (a typo in the last of several clips must not cost the others' results)."""
+    for clip in clips:
+        if not Path(clip).is_file():
+            return f"clip {clip!r} is not a file"
+        cap = cv2.VideoCapture(clip)
+        readable = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if not readable:
+            return f"clip {clip!r} is not a video OpenCV can read"
+    return None
+
+
 def cli_bench(args: argparse.Namespace) -> int:
     """Entry point of ``affectline bench``."""
     problem = _argument_problem(args)
@@ -180,10 +201,14 @@ def cli_bench(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        cfg = _bench_config(args.config)
         clips = args.clips or [str(sample_clip(DEFAULT_CLIP))]
-        if args.soak:
-            return cli_soak(cfg, clips, args)
+        problem = _clip_problem(clips)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        if args.soak:  # the agent as configured (broker included), see `soak_cameras`
+            return cli_soak(load_config(args.config) if args.config else _builtin_config(), clips, args)
+        cfg = _bench_config(args.config)
         pipeline = Pipeline(cfg)
     except ConfigError as exc:
         print(f"{exc.source}: " + "; ".join(exc.problems), file=sys.stderr)
@@ -197,9 +222,6 @@ def cli_bench(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     try:
         for clip in clips:
-            if not Path(clip).is_file():
-                print(f"error: clip {clip!r} is not a file", file=sys.stderr)
-                return 2
             report = bench_clip(pipeline, publisher, clip, args.frames, args.realtime)
             print(format_report(report))
             reports.append(report)
@@ -213,10 +235,6 @@ def cli_bench(args: argparse.Namespace) -> int:
 
 def cli_soak(cfg: AgentConfig, clips: list[str], args: argparse.Namespace) -> int:
     """``affectline bench --soak MINUTES``: the agent on looping clips; prints and writes the report."""
-    missing = [c for c in clips if not Path(c).is_file()]
-    if missing:
-        print(f"error: clip {missing[0]!r} is not a file", file=sys.stderr)
-        return 2
     names = [camera_name(c) for c in clips]
     if len(set(names)) < len(names):  # the same clip twice: two cameras all the same
         names = [f"{name}-{i}" for i, name in enumerate(names)]

@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark the full pipeline on clips")
     p.add_argument("clips", nargs="*", help="video files (default: the demo clip)")
-    p.add_argument("--config", help="config file for detector/model settings")
+    p.add_argument(
+        "--config",
+        help="agent config whose detector/model/tracking settings to use; the bench publishes to its "
+        "embedded broker as agent 'bench', a --soak to the config's broker as agent 'soak'",
+    )
     p.add_argument("--frames", type=int, default=0, help="frames per clip (0 = whole clip)")
     p.add_argument(
         "--realtime", action="store_true", help="feed frames at the clip's frame rate, as a live camera does"

@@ -37,15 +37,19 @@ MAX_RSS_GROWTH_PCT = 5.0
 
 
 def soak_cameras(cfg: AgentConfig, clips: list[str], names: list[str]) -> AgentConfig:
-    """``cfg`` with one looping real-time file camera per clip, modelled on its first camera."""
-    template = cfg.cameras[0]
+    """``cfg`` with one looping real-time file camera per clip, modelled on its first camera, and
+    agent id ``soak``: on the configured broker, a soak must not publish as the live agent (its
+    retained ``stopped`` would mark that agent down on every dashboard).
+
+    Raises:
+        ConfigError: the result breaks a config rule (e.g. one preview file for several clips).
+    """
+    template = cfg.cameras[0].model_dump()
     cameras = [
-        template.model_copy(
-            update={"name": name, "source": FileSource(type="file", path=clip, loop=True, realtime=True)}
-        )
+        {**template, "name": name, "source": {"type": "file", "path": clip, "loop": True, "realtime": True}}
         for clip, name in zip(clips, names, strict=True)
     ]
-    return cfg.model_copy(update={"cameras": cameras})
+    return cfg.with_updates({"cameras": cameras, "agent_id": "soak"}, "affectline bench --soak")
 
 
 def _proc_status(key: str) -> int:

@@ -5,18 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edge_agent.bench import bench_clip, camera_name, decode
-from edge_agent.config import parse_config
+from edge_agent.config import ConfigError, parse_config
 from edge_agent.pipeline import Pipeline
 from edge_agent.publish import Publisher
 from edge_agent.soak import soak, soak_cameras, soak_verdict
+from tests.edge_agent.conftest import Mosquitto, Recorder
 from tests.model_factory import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -158,3 +162,66 @@ def test_bad_bench_arguments_are_refused_before_anything_runs(argv: list[str], m
         timeout=60,
     )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("clips", "message"),
+    [
+        (["missing.mp4"], "clip 'missing.mp4' is not a file"),
+        (["README.md"], "clip 'README.md' is not a video OpenCV can read"),
+        (["{good}", "typo.mp4"], "clip 'typo.mp4' is not a file"),  # found before the first clip runs
+    ],
+)
+def test_unreadable_clips_are_refused_before_the_model_loads(
+    clips: list[str], message: str, single_face_clip: Path
+) -> None:
+    argv = [c.replace("{good}", str(single_face_clip)) for c in clips]
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # no clip ran
+
+
+def test_bench_with_an_agent_config_stays_off_that_agents_broker(
+    tmp_path: Path, mosquitto: Mosquitto, recorder: Callable[..., Recorder], single_face_clip: Path
+) -> None:
+    """`bench --config agent.yaml` takes the model and detector settings, not the broker: a retained
+    `stopped` under the live agent's id would mark it down on every dashboard."""
+    rec = recorder(mosquitto.port, "#")
+    config = tmp_path / "agent.yaml"
+    data = {
+        "agent_id": "line-3",
+        "cameras": [{"name": "door", "source": {"type": "file", "path": "unused"}}],
+        "inference": {"backend": {"type": "onnxruntime", "model": str(make_tiny_model(tmp_path / "m.onnx"))}},
+        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+    }
+    config.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "bench", "--config", str(config), str(single_face_clip)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "72 frames" in proc.stdout
+    time.sleep(0.5)
+    assert rec.messages == []
+
+
+def test_soak_publishes_as_soak_and_keeps_config_rules(single_face_clip: Path) -> None:
+    cfg = parse_config(
+        {
+            "agent_id": "line-3",
+            "cameras": [{"name": "x", "source": {"type": "file", "path": "-"}}],
+            "output": {"preview": {"path": "out/run.mp4"}},
+        }
+    )
+    assert soak_cameras(cfg, [str(single_face_clip)], ["a"]).agent_id == "soak"
+    with pytest.raises(ConfigError, match="is one file for 2 cameras"):
+        soak_cameras(cfg, [str(single_face_clip)] * 2, ["a", "b"])
