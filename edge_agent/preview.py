@@ -5,6 +5,7 @@ Neither ever leaves the device: the preview is a local file, the table goes to t
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -129,8 +130,14 @@ class PreviewWriter:
         """Delete all but the newest ``keep`` segments of ``cam`` (names sort by start time)."""
         assert self.cfg.path is not None
         base = Path(self.cfg.path.replace("{camera}", cam))
-        pattern = f"{base.stem}-????????T??????Z-????{base.suffix}"
-        for old in sorted(base.parent.glob(pattern))[: -self.cfg.keep]:
+        # The counter grows past 4 digits after 9,999 segments: match and order it as a number.
+        name = re.compile(rf"{re.escape(base.stem)}-(\d{{8}}T\d{{6}}Z)-(\d{{4,}}){re.escape(base.suffix)}")
+        found = [
+            (m[1], int(m[2]), path)
+            for path in base.parent.glob(f"{base.stem}-*{base.suffix}")
+            if (m := name.fullmatch(path.name))
+        ]
+        for *_, old in sorted(found)[: -self.cfg.keep]:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:

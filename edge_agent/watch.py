@@ -40,6 +40,7 @@ class View:
     status: dict[str, dict[str, Any]] = field(default_factory=dict)
     cameras: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     events: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    lost: str | None = None  # why the broker connection is down (paho reconnects), None while up
     version: int = 0
 
     def update(self, topic: str, payload: bytes | bytearray) -> None:
@@ -59,11 +60,22 @@ class View:
                 return
             if kind == "events":
                 self.events.append(_event_line(camera, body))
+            elif kind == "persons" and not _person_list(body.get("persons")):
+                return  # another publisher's or a broken payload: the table needs a list of objects
             else:
                 self.cameras.setdefault((agent, camera), {})[kind] = body
         else:
             return
         self.version += 1
+
+    def link_changed(self, lost: str | None) -> None:
+        """Record the broker connection going down (``lost`` says why) or coming back (None)."""
+        self.lost = lost
+        self.version += 1
+
+
+def _person_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(p, dict) for p in value)
 
 
 def _event_line(camera: str, e: dict[str, Any]) -> str:
@@ -79,7 +91,9 @@ def _num(value: Any, fmt: str) -> str:
 
 def render(view: View) -> str:
     """The table as text: agents, then per camera its state and one row per person, then events."""
-    lines = []
+    lines = (
+        [f"broker connection lost ({view.lost}); reconnecting, the data below is old"] if view.lost else []
+    )
     for agent, status in sorted(view.status.items()):
         lines.append(f"agent {agent}: {status.get('state', '?')}  (session {status.get('session', '?')})")
     if not view.status:
@@ -97,9 +111,11 @@ def render(view: View) -> str:
             continue
         lines.append(header)
         for p in persons.get("persons", []):
-            box = " ".join(_num(x, ".2f") for x in p.get("box", []))
+            box = p.get("box")
+            box = " ".join(_num(x, ".2f") for x in box) if isinstance(box, list) else "-"
             lines.append(
-                f"  {p.get('track', '?'):<9} {p.get('label') or '-':<11} {_num(p.get('confidence'), '5.2f')} "
+                f"  {str(p.get('track', '?')):<9} {str(p.get('label') or '-'):<11} "
+                f"{_num(p.get('confidence'), '5.2f')} "
                 f"{_num(p.get('valence'), '+6.2f')} {_num(p.get('arousal'), '+6.2f')} "
                 f"{_num(p.get('seen_s'), '6.1f')}s  {box}"
             )
@@ -135,13 +151,21 @@ class Watcher:
             )
             self._client.tls_insecure_set(cfg.tls.insecure)
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connack = (not reason.is_failure, str(reason))
         if not reason.is_failure:
             client.subscribe(f"{self.view.prefix}/#", qos=1)
+            with self.lock:
+                if self.view.lost is not None:
+                    self.view.link_changed(None)
         self._connected.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        with self.lock:
+            self.view.link_changed(str(reason))
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -183,7 +207,11 @@ def cli_watch(args: argparse.Namespace) -> int:
     if not 0 < port <= 65535:
         print(f"--port {port}: need the broker's port in [1, 65535] (the agent logs it)", file=sys.stderr)
         return 2
-    watcher = Watcher(cfg, host, port, args.camera)
+    try:
+        watcher = Watcher(cfg, host, port, args.camera)
+    except OSError as exc:  # ssl.SSLError too: a TLS file that is missing, unreadable or not PEM
+        print(f"mqtt.tls: {exc}", file=sys.stderr)
+        return 2
     try:
         watcher.connect()
     except ConnectionError as exc:

@@ -66,22 +66,24 @@ def test_preview_file_is_playable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "frames,keep,expected",
+    "frames,keep,expected,first",
     [
-        (1, 0, [1]),  # a single frame: one short segment
-        (10, 0, [10]),  # exactly one segment's worth: no empty second file
-        (35, 0, [10, 10, 10, 5]),
-        (35, 2, [10, 5]),  # the newest two remain
+        (1, 0, [1], 0),  # a single frame: one short segment
+        (10, 0, [10], 0),  # exactly one segment's worth: no empty second file
+        (35, 0, [10, 10, 10, 5], 0),
+        (35, 2, [10, 5], 0),  # the newest two remain
+        (35, 2, [10, 5], 9_998),  # segments 9999, 10000, ...: the counter outgrows its 4 digits
     ],
 )
 def test_preview_segments_rotate_and_prune(
-    tmp_path: Path, frames: int, keep: int, expected: list[int]
+    tmp_path: Path, frames: int, keep: int, expected: list[int], first: int
 ) -> None:
     stale = tmp_path / "cam-20200101T000000Z-0001.mp4"  # a segment left by an earlier run
     stale.write_bytes(b"old")
     writer = PreviewWriter(
         Preview(path=str(tmp_path / "{camera}.mp4"), segment_s=1, keep=keep), {"cam": 10.0}
     )
+    writer._segments = first  # as after `first` segments of a long run
     for i in range(frames):
         writer.write(smoothed_result(i, shape=(120, 160) if i < 15 else (240, 320)))  # resolution change
     writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from edge_agent.cli import build_parser
 from edge_agent.config import Mqtt
 from edge_agent.publish import Publisher
 from edge_agent.structures import CameraStatus
-from edge_agent.watch import View, render
+from edge_agent.watch import View, Watcher, render
 from tests.edge_agent.conftest import CLASSES, Mosquitto, frame_result, free_port
 
 PERSON = {
@@ -141,3 +142,66 @@ def test_watch_bad_input(
     args = build_parser().parse_args(argv)
     assert args.func(args) == 2
     assert err in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "persons",
+    [
+        None,
+        {"persons": None},
+        {"persons": [1]},
+        {"persons": "x"},
+    ],
+)
+def test_view_ignores_malformed_persons(persons: dict[str, object] | None) -> None:
+    view = View("affectline")
+    view.update("affectline/a1/cam/persons", _msg(persons or {}))
+    assert view.version == 0 and not view.cameras
+
+
+@pytest.mark.parametrize(
+    "person",
+    [
+        {"track": None},
+        {"box": None},
+        {"box": "0 0 1 1"},
+        {"label": 3, "confidence": "high"},
+        {},
+    ],
+)
+def test_render_survives_odd_person_fields(person: dict[str, object]) -> None:
+    view = View("affectline")
+    view.update("affectline/a1/cam/persons", _msg({"persons": [{**PERSON, **person}]}))
+    assert view.version == 1 and "a1/cam" in render(view)
+
+
+def test_watch_unreadable_tls_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "cameras: [{name: cam, source: {type: file, path: x.mp4}}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: 8883, tls: {{ca_certs: {tmp_path / 'missing-ca.crt'}}}}}\n"
+    )
+    args = build_parser().parse_args(["watch", str(path), "--seconds", "0.1"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mqtt.tls: ") and "No such file" in err and "Traceback" not in err
+
+
+def test_watch_says_when_the_broker_is_gone(mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    broker = mosquitto_factory()
+    watcher = Watcher(Mqtt(), "127.0.0.1", broker.port)
+    watcher.connect()
+    try:
+        broker.stop()
+        deadline = time.monotonic() + 5
+        while watcher.view.lost is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert watcher.view.lost is not None
+        assert render(watcher.view).startswith("broker connection lost (")
+        broker.start()  # same port: paho reconnects by itself
+        deadline = time.monotonic() + 15
+        while watcher.view.lost is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.view.lost is None and "connection lost" not in render(watcher.view)
+    finally:
+        watcher.close()
