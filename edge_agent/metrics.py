@@ -257,7 +257,9 @@ def _handler(render: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
                 body = render().encode()
             except Exception as exc:  # a broken source must not kill the endpoint
                 log.warning("metrics source failed: %s", exc)
-                self.send_error(500, f"metrics source failed: {exc}")
+                # The reason goes into the status line: fixed text (an exception's may hold a line
+                # break or non-latin-1 characters); the detail goes into the HTML-escaped body.
+                self.send_error(500, "metrics source failed", explain=repr(exc)[:300])
                 return
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE)

@@ -114,16 +114,21 @@ def test_server_other_paths(server: MetricsServer, path: str, status: int) -> No
     assert err.value.code == status
 
 
-def test_broken_source_gives_500() -> None:
+@pytest.mark.parametrize(
+    "message",
+    ["boom", "line one\r\nX-Injected: 1", "caméra ☃ failed"],  # a header line, non-latin-1 text
+)
+def test_broken_source_gives_500(message: str) -> None:
     def broken() -> list[Sample]:
-        raise RuntimeError("boom")
+        raise RuntimeError(message)
 
     srv = MetricsServer(Metrics(port=0), [broken])
     srv.start()
     try:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=5)
-        assert err.value.code == 500
+        assert err.value.code == 500 and err.value.reason == "metrics source failed"
+        assert "X-Injected" not in err.value.headers
     finally:
         srv.close()
 
