@@ -81,9 +81,15 @@ def crop_square(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     x1, y1, x2, y2 = (float(v) for v in box)
     s = size / max(x2 - x1, 1e-3)
     m = np.array([[s, 0, -x1 * s], [0, s, -y1 * s]], dtype=np.float32)
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    # Bilinear also when shrinking: warpAffine has no area mode (INTER_AREA gives the same pixels),
+    # and the model is trained on these crops (docs/model_card.md, "Limitations").
     out = cv2.warpAffine(
-        image, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114)
+        image,
+        m,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(114, 114, 114),
     )
     return out if out.ndim == 3 else out[:, :, None]
 

@@ -41,9 +41,15 @@ def crop_rotated(image: np.ndarray, box: np.ndarray, size: int, angle_deg: float
         np.float32
     )
     m = (rot @ crop)[:2]
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    # Bilinear also when shrinking: warpAffine has no area mode (INTER_AREA gives the same pixels),
+    # and the model is trained on these crops (docs/model_card.md, "Limitations").
     out = cv2.warpAffine(
-        image, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114)
+        image,
+        m,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(114, 114, 114),
     )
     return out if out.ndim == 3 else out[:, :, None]
 
