@@ -139,21 +139,22 @@ def bench_clip(
 
 
 def _bench_config(path: str | None) -> AgentConfig:
-    """The bench's config: built in, or the detector/model/tracking/smoothing settings of ``path``
-    with the bench's own agent id and embedded broker (never a deployed agent's broker and id)."""
+    """The config given with ``--config``, or the bench's built-in one."""
     if path:
-        bench = {"agent_id": "bench", "mqtt": {"host": "embedded", "port": 0}}
-        return load_config(path).with_updates(bench, f"{path} (as the bench runs it)")
-    return _builtin_config()
-
-
-def _builtin_config() -> AgentConfig:
+        return load_config(path)
     demo = {
         "agent_id": "bench",
         "cameras": [{"name": "bench", "source": {"type": "file", "path": "unused"}}],
         "mqtt": {"host": "embedded", "port": 0},
     }
     return parse_config(demo, "built-in bench config")
+
+
+def _off_the_agents_broker(cfg: AgentConfig) -> AgentConfig:
+    """The detector/model/tracking/smoothing settings of ``cfg`` with the bench's own agent id and
+    embedded broker: a deployed agent's broker never sees the bench, nor a `stopped` under its id."""
+    bench = {"agent_id": "bench", "mqtt": {"host": "embedded", "port": 0}}
+    return cfg.with_updates(bench, "the config as the bench runs it")
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -201,14 +202,15 @@ def cli_bench(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
+        cfg = _bench_config(args.config)
         clips = args.clips or [str(sample_clip(DEFAULT_CLIP))]
         problem = _clip_problem(clips)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
         if args.soak:  # the agent as configured (broker included), see `soak_cameras`
-            return cli_soak(load_config(args.config) if args.config else _builtin_config(), clips, args)
-        cfg = _bench_config(args.config)
+            return cli_soak(cfg, clips, args)
+        cfg = _off_the_agents_broker(cfg)
         pipeline = Pipeline(cfg)
     except ConfigError as exc:
         print(f"{exc.source}: " + "; ".join(exc.problems), file=sys.stderr)
