@@ -233,7 +233,7 @@ class Preprocessor:
         out = {}
         for spec in self.specs:
             boxes = square_boxes(anchors, spec.geometry)
-            crops = [crop_square(image, b, spec.geometry.size) for b in boxes]
+            crops = [crop_square(image, b, spec.geometry.size, spec.geometry.resample) for b in boxes]
             arr = (
                 np.stack(crops)
                 if crops

@@ -9,7 +9,8 @@ Keys (all values are strings; JSON where structured):
 - ``affectline.format``: contract version, currently ``"1"``.
 - ``affectline.classes``: JSON list of class names, in logit order.
 - ``affectline.inputs``: JSON object ``{input_name: {"view": "person"|"scene",
-  "size": S, "scale": float, "y_shift": float, "mean": [3], "std": [3], "color": "RGB"}}``.
+  "size": S, "scale": float, "y_shift": float, "resample": "bilinear"|"area", "mean": [3], "std": [3],
+  "color": "RGB"}}`` (``resample`` absent = bilinear).
   Inputs are float32 NCHW; the agent feeds ``(pixel/255 - mean) / std``.
 - ``affectline.outputs``: JSON object ``{"logits": name, "valence_arousal": name}``;
   valence/arousal are in [-1, 1] (Russell's circumplex, 0 = neutral).
@@ -122,7 +123,11 @@ class ModelMeta:
         for name, d in inputs.items():
             try:
                 geo = ViewGeometry(
-                    scale=float(d["scale"]), size=int(d["size"]), y_shift=float(d.get("y_shift", 0))
+                    scale=float(d["scale"]),
+                    size=int(d["size"]),
+                    y_shift=float(d.get("y_shift", 0)),
+                    # Files from before the key existed were all trained on bilinear crops.
+                    resample=str(d.get("resample", "bilinear")),
                 )
                 spec = InputSpec(
                     name, str(d["view"]), geo, tuple(d["mean"]), tuple(d["std"]), d.get("color", "RGB")

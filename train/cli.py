@@ -17,7 +17,7 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 PEERS = ("peer:facial-emotion-recognition", "peer:fer", "peer:facex")
 
 
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report bad input (missing files, malformed data, bad config) as one line and exit code 2."""
 
     def call(args: argparse.Namespace) -> int:
@@ -35,10 +35,9 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from train.main_finetune import config_from_args, run
+    from train.main_finetune import run_args
 
-    run(config_from_args(args))
-    return EXIT_OK
+    return run_args(args)
 
 
 def _soup(args: argparse.Namespace) -> int:
@@ -49,10 +48,9 @@ def _soup(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from train.main_pretrain import config_from_args, run
+    from train.main_pretrain import run_args
 
-    run(config_from_args(args))
-    return EXIT_OK
+    return run_args(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -226,11 +224,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("pretrain", help="UniEmoX-style masked + semantic-guided pretraining")
     pretrain_args(p)
-    p.set_defaults(func=_guard(_pretrain))
+    p.set_defaults(func=guard(_pretrain))
 
     p = sub.add_parser("finetune", help="supervised fine-tuning (soft targets, VA, class balancing)")
     finetune_args(p)
-    p.set_defaults(func=_guard(_finetune))
+    p.set_defaults(func=guard(_finetune))
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on datasets (JSON + confusion PNG)")
     p.add_argument(
@@ -255,12 +253,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average each result with that of the mirrored views, as the agent's "
         "inference.mirror_average does by default (--no-mirror: one pass, as before 2026-11-27)",
     )
-    p.set_defaults(func=_guard(_evaluate))
+    p.set_defaults(func=guard(_evaluate))
 
     p = sub.add_parser("soup", help="uniform weight average of fine-tuned checkpoints from one run's basin")
     p.add_argument("checkpoints", nargs="+", help="two or more .pt checkpoints of the same model and split")
     p.add_argument("--out", required=True, help="the averaged .pt checkpoint to write")
-    p.set_defaults(func=_guard(_soup))
+    p.set_defaults(func=guard(_soup))
 
     p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")
     p.add_argument("encoders", nargs="+", help="'imagenet' and/or pretraining or fine-tuning checkpoints")
@@ -269,11 +267,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="which training images are drawn")
     p.add_argument("--out", default="runs/probe", help="folder for probe.json")
     p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(func=_guard(_probe))
+    p.set_defaults(func=guard(_probe))
 
     p = sub.add_parser("profile", help="parameters, FLOPs per person and training throughput of models")
     p.add_argument("models", nargs="+", help="factory names, e.g. affectline_mnv2_64 affectline_mnv2_96_64")
     p.add_argument("--steps", type=int, default=8, help="timed training steps (0 = skip throughput)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(func=_guard(_profile))
+    p.set_defaults(func=guard(_profile))

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
-from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
+from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, RESAMPLES, ViewGeometry
 
 TEACHERS = ("offline", "clip", "none")
 SELECT = ("last", "mean_acc", "accuracy")
@@ -40,6 +40,11 @@ class _RunViews:
     person_scale: float
     scene_scale: float
     scene_y_shift: float
+    resample: str
+
+    def check_resample(self) -> None:
+        if self.resample not in RESAMPLES:
+            raise ValueError(f"resample={self.resample!r} not one of {RESAMPLES}")
 
     def geometries(self) -> tuple[ViewGeometry, ViewGeometry]:
         """Person and scene view geometry: the config's scales with the model's input sizes.
@@ -59,7 +64,10 @@ class _RunViews:
                 f"be trained (BatchNorm statistics would differ between training and inference); "
                 f"use one size for both views, e.g. affectline_mnv2_{sp}"
             )
-        return ViewGeometry(self.person_scale, sp), ViewGeometry(self.scene_scale, ss, self.scene_y_shift)
+        return (
+            ViewGeometry(self.person_scale, sp, resample=self.resample),
+            ViewGeometry(self.scene_scale, ss, self.scene_y_shift, self.resample),
+        )
 
 
 @dataclass
@@ -74,6 +82,7 @@ class FinetuneConfig(_RunViews):
     person_scale: float = DEFAULT_PERSON.scale
     scene_scale: float = DEFAULT_SCENE.scale
     scene_y_shift: float = DEFAULT_SCENE.y_shift
+    resample: str = DEFAULT_SCENE.resample
     epochs: int = 30
     budget_minutes: float = 0.0
     max_steps: int = 0
@@ -113,8 +122,10 @@ class FinetuneConfig(_RunViews):
         """Refuse values the loop cannot use, naming the field, the value and the allowed range.
 
         Raises:
-            ValueError: ``ema_decay`` outside [0, 1) or ``select`` not one of ``SELECT``.
+            ValueError: ``ema_decay`` outside [0, 1), ``select`` not one of ``SELECT`` or
+                ``resample`` not one of ``RESAMPLES``.
         """
+        self.check_resample()
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} outside [0, 1)")
         if self.select not in SELECT:
@@ -140,6 +151,7 @@ class PretrainConfig(_RunViews):
     person_scale: float = DEFAULT_PERSON.scale
     scene_scale: float = DEFAULT_SCENE.scale
     scene_y_shift: float = DEFAULT_SCENE.y_shift
+    resample: str = DEFAULT_SCENE.resample
     epochs: int = 10
     budget_minutes: float = 0.0
     max_steps: int = 0
@@ -163,8 +175,10 @@ class PretrainConfig(_RunViews):
 
         Raises:
             ValueError: ``teacher`` not one of ``TEACHERS``, ``mask_ratio`` outside [0, 1) (one patch
-                must stay visible) or ``teacher_scene_weight`` outside [0, 1].
+                must stay visible), ``teacher_scene_weight`` outside [0, 1] or ``resample`` not one of
+                ``RESAMPLES``.
         """
+        self.check_resample()
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher={self.teacher!r} not one of {TEACHERS}")
         if not 0 <= self.mask_ratio < 1:
@@ -269,6 +283,11 @@ def _run_flags(p: argparse.ArgumentParser, cls: type[RunConfig], data_help: str)
     p.add_argument("--data", action="append", help=f"{data_help}; kinds: {', '.join(KINDS)}")
     p.add_argument("--out", help=f"run folder (default {d.out})")
     p.add_argument("--model", help=f"factory name (default {d.model})")
+    p.add_argument(
+        "--resample",
+        choices=RESAMPLES,
+        help=f"how both views shrink large boxes; the model records it for the agent (default {d.resample})",
+    )
     return d
 
 

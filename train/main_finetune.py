@@ -255,11 +255,19 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         return tuner.fit()
 
 
+def run_args(args: argparse.Namespace) -> int:
+    """Run from parsed flags; returns the exit code 0 (errors raise)."""
+    run(config_from_args(args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m train.main_finetune`` (what ``torchrun`` starts): bad input is one line and exit 2."""
+    from train.cli import guard
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     finetune_args(p)
-    run(config_from_args(p.parse_args(argv)))
-    return 0
+    return guard(run_args)(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -111,6 +112,25 @@ def test_preprocessor_normalises_and_flips_to_rgb(tiny: Path) -> None:
     assert x.shape == (1, 3, 32, 32)
     # RGB order: blue is channel 2 -> (1 - 0.5)/0.25 = 2; red is channel 0 -> (0 - 0.5)/0.25 = -2
     assert x[0, 2].mean() == pytest.approx(2.0) and x[0, 0].mean() == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize(("resample", "aliased"), [("bilinear", True), ("area", False)])
+def test_preprocessor_resamples_as_the_model_file_says(tmp_path: Path, resample: str, aliased: bool) -> None:
+    """The model file's ``resample`` (written into the ONNX, read back) decides how large faces shrink."""
+    meta = tiny_meta()
+    meta = dataclasses.replace(
+        meta,
+        inputs=tuple(
+            dataclasses.replace(s, geometry=dataclasses.replace(s.geometry, resample=resample))
+            for s in meta.inputs
+        ),
+    )
+    pre = Preprocessor(backend(make_tiny_model(tmp_path / "m.onnx", meta=meta)).meta)
+    stripes = np.zeros((1200, 1200, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a flat grey when averaged
+    person = pre.views(stripes, np.array([[450, 450, 750, 750]], np.float32))["person"]
+    off_grey = float(np.abs(person.astype(float) - 127.5).mean())
+    assert (off_grey > 40) if aliased else (off_grey < 8)
 
 
 def test_first_sight_infers_then_cache_then_reinfer(tiny: Path) -> None:

@@ -29,6 +29,25 @@ def test_train_split_round_trips_and_is_optional() -> None:
     assert ModelMeta.from_props(tiny_meta().to_props()).train_split == {}
 
 
+def test_resample_round_trips_and_defaults_to_bilinear() -> None:
+    meta = tiny_meta()
+    area = dataclasses.replace(
+        meta,
+        inputs=tuple(
+            dataclasses.replace(s, geometry=dataclasses.replace(s.geometry, resample="area"))
+            for s in meta.inputs
+        ),
+    )
+    props = area.to_props()
+    assert all(d["resample"] == "area" for d in json.loads(props[PREFIX + "inputs"]).values())
+    assert ModelMeta.from_props(props) == area
+    older = json.loads(props[PREFIX + "inputs"])
+    for d in older.values():
+        del d["resample"]  # files exported before the key existed
+    props[PREFIX + "inputs"] = json.dumps(older)
+    assert {s.geometry.resample for s in ModelMeta.from_props(props).inputs} == {"bilinear"}
+
+
 def _props_with(key: str, value: str | None) -> dict[str, str]:
     props = tiny_meta().to_props()
     if value is None:
@@ -58,6 +77,15 @@ def _props_with(key: str, value: str | None) -> dict[str, str]:
             "view in",
         ),
         ("inputs", json.dumps({"x": {"view": "person"}}), "input 'x' metadata invalid"),
+        (
+            "inputs",
+            json.dumps(
+                {
+                    "x": {"view": "person", "size": 32, "scale": 1.0, "resample": "lanczos"},
+                }
+            ),
+            "input 'x' metadata invalid: ViewGeometry.resample='lanczos'",
+        ),
         ("train_split", "[]", "'train_split' is \\[\\]; need an object"),
         ("train_split", json.dumps({"test_fraction": 0.2}), "'train_split' is .*integer split_seed"),
         ("train_split", json.dumps({"test_fraction": 1.0, "split_seed": 0}), "in \\[0, 1\\)"),

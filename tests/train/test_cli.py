@@ -164,3 +164,27 @@ def test_finetune_bad_config_key_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "c.yaml").write_text("lr: 0.1\nlearning_rate: 3\n")
     assert _cli(["train", "finetune", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["train.main_finetune", "train.main_pretrain"])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "missing.yaml"),  # the file does not exist
+        ("resample: nearest\n", "resample='nearest' not one of"),
+        ("learning_rate: 3\n", "learning_rate"),
+    ],
+)
+def test_module_entry_points_report_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], module: str, config: str | None, message: str
+) -> None:
+    """``python -m train.main_*`` (what torchrun starts) answers bad input like ``affectline train``."""
+    import importlib
+
+    path = tmp_path / ("c.yaml" if config else "missing.yaml")
+    if config:
+        path.write_text(config)
+    argv = ["--config", str(path), "--data", f"manifest:{tmp_path}/m.csv", "--out", str(tmp_path / "run")]
+    assert importlib.import_module(module).main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1

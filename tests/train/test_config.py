@@ -29,6 +29,17 @@ def test_numeric_flags_take_the_field_type(
     )
 
 
+@pytest.mark.parametrize("cls,add_flags", [(FinetuneConfig, finetune_args), (PretrainConfig, pretrain_args)])
+def test_resample_flag_reaches_both_view_geometries(
+    cls: type[FinetuneConfig] | type[PretrainConfig], add_flags: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = argparse.ArgumentParser()
+    add_flags(p)
+    assert {g.resample for g in cls(**merge_config(cls, p.parse_args([]))).geometries()} == {"bilinear"}
+    cfg = cls(**merge_config(cls, p.parse_args(["--resample", "area"])))
+    assert {g.resample for g in cfg.geometries()} == {"area"}
+
+
 def test_flags_left_out_keep_the_defaults() -> None:
     p = argparse.ArgumentParser()
     pretrain_args(p)
@@ -42,6 +53,7 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("ema_decay", -0.5, "ema_decay"),
         ("select", "loss", "select='loss' not one of"),
         ("select", "", "select='' not one of"),
+        ("resample", "nearest", "resample='nearest' not one of"),
     ],
 )
 def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
@@ -58,6 +70,7 @@ def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) 
         ("mask_ratio", -0.1, "mask_ratio=-0.1"),
         ("teacher_scene_weight", 1.5, r"teacher_scene_weight=1.5 outside \[0, 1\]"),
         ("teacher_scene_weight", -1.0, "teacher_scene_weight=-1.0"),
+        ("resample", "", "resample='' not one of"),
     ],
 )
 def test_pretrain_config_refuses_bad_values(field: str, value: Any, match: str) -> None:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge_agent.views import warp_square
 from train.config import AugmentConfig
 
 
@@ -22,7 +23,9 @@ def jitter_box(box: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) ->
     return np.array([cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2], np.float32)
 
 
-def crop_rotated(image: np.ndarray, box: np.ndarray, size: int, angle_deg: float) -> np.ndarray:
+def crop_rotated(
+    image: np.ndarray, box: np.ndarray, size: int, angle_deg: float, resample: str = "bilinear"
+) -> np.ndarray:
     """Like ``edge_agent.views.crop_square`` with an extra rotation about the crop centre.
 
     Args:
@@ -30,6 +33,7 @@ def crop_rotated(image: np.ndarray, box: np.ndarray, size: int, angle_deg: float
         box: (4,) square box.
         size: Output side.
         angle_deg: Counter-clockwise rotation.
+        resample: One of ``edge_agent.views.RESAMPLES``.
 
     Returns:
         (size, size, C) uint8, grey (114) outside the image.
@@ -40,18 +44,7 @@ def crop_rotated(image: np.ndarray, box: np.ndarray, size: int, angle_deg: float
     rot = np.vstack([cv2.getRotationMatrix2D((size / 2, size / 2), angle_deg, 1.0), [0, 0, 1]]).astype(
         np.float32
     )
-    m = (rot @ crop)[:2]
-    # Bilinear also when shrinking: warpAffine has no area mode (INTER_AREA gives the same pixels),
-    # and the model is trained on these crops (docs/model_card.md, "Limitations").
-    out = cv2.warpAffine(
-        image,
-        m,
-        (size, size),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(114, 114, 114),
-    )
-    return out if out.ndim == 3 else out[:, :, None]
+    return warp_square(image, (rot @ crop)[:2], size, resample)
 
 
 def photometric(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

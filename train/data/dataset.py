@@ -177,9 +177,9 @@ class DualViewDataset(Dataset):
         out = []
         for box, geo in zip(boxes, (self.person, self.scene), strict=True):
             if rng is None or self.augment is None:
-                v = crop_square(image, box, geo.size)
+                v = crop_square(image, box, geo.size, geo.resample)
             else:
-                v = crop_rotated(image, box, geo.size, angle)
+                v = crop_rotated(image, box, geo.size, angle, geo.resample)
             out.append(np.repeat(v, 3, axis=2) if v.shape[2] == 1 else v)
         if rng is not None and self.augment is not None and rng.random() < self.augment.flip:
             out = [v[:, ::-1] for v in out]

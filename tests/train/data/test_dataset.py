@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,29 @@ def test_boxed_sample_views_equal_agent_cut_views(tmp_path: Path) -> None:
     apv, asv = cut_views(rgb, np.array([[20, 10, 40, 34]], np.float32), DEFAULT_PERSON, DEFAULT_SCENE)
     np.testing.assert_array_equal(pv, apv[0])
     np.testing.assert_array_equal(sv, asv[0])
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_area_geometry_reaches_training_crops(tmp_path: Path, augmented: bool) -> None:
+    """One-pixel stripes seen through large boxes: area-averaged views are flat grey, in training
+    (rotated, jittered crops) as at evaluation, and equal to the agent's crops when not augmented."""
+    stripes = np.zeros((800, 800, 3), np.uint8)
+    stripes[:, ::2] = 255
+    path = str(tmp_path / "stripes.png")
+    cv2.imwrite(path, stripes)
+    s = Sample(path, (250, 250, 550, 550), 3)
+    person, scene = (
+        dataclasses.replace(g, size=32, resample="area") for g in (DEFAULT_PERSON, DEFAULT_SCENE)
+    )
+    aug = AugmentConfig(flip=0.0) if augmented else None
+    ds = DualViewDataset([s], person, scene, augment=aug)
+    pv, sv = ds.views(s, np.random.default_rng(0) if augmented else None)
+    assert np.abs(pv.astype(float) - 127.5).mean() < 8
+    assert np.abs(sv[8:24, 8:24].astype(float) - 127.5).mean() < 8  # the scene's centre is inside the image
+    if not augmented:
+        apv, asv = cut_views(stripes, np.array([[250, 250, 550, 550]], np.float32), person, scene)
+        np.testing.assert_array_equal(pv, apv[0])
+        np.testing.assert_array_equal(sv, asv[0])
 
 
 def test_tight_face_person_view_is_the_whole_image() -> None:
