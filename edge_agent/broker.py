@@ -89,6 +89,9 @@ class EmbeddedBroker:
         try:
             loop.run_until_complete(self._boot())
         except Exception as exc:
+            if self._server is not None:  # bound before amqtt failed or hung: release the port now
+                self._server.close()
+                self._server = None
             started.set_exception(exc)
         else:
             started.set_result(None)

@@ -76,6 +76,26 @@ def test_port_taken_is_reported() -> None:
             EmbeddedBroker(port).start()
 
 
+@pytest.mark.parametrize("fault", ["raises", "hangs"])
+def test_failed_boot_releases_the_port(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """amqtt failing (or hanging) after the listener is bound must not leave the port taken."""
+    import asyncio
+
+    from amqtt.broker import Broker
+
+    async def broken_start(self: Broker) -> None:
+        if fault == "hangs":
+            await asyncio.sleep(3600)
+        raise RuntimeError("amqtt could not start")
+
+    monkeypatch.setattr(Broker, "start", broken_start)
+    port = free_port()
+    with pytest.raises(RuntimeError, match=f"cannot listen on {LOOPBACK}:{port}"):
+        EmbeddedBroker(port, start_timeout_s=1.0).start()
+    with pytest.raises(OSError):
+        socket.create_connection((LOOPBACK, port), timeout=1).close()  # nobody listens any more
+
+
 def test_stop_is_idempotent() -> None:
     b = EmbeddedBroker(0)
     b.stop()  # never started
