@@ -151,7 +151,14 @@ def _area_shrunk(image: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarra
     steps = np.ceil((centre0 - lo) * scale)
     x0, y0 = (int(v) for v in np.round(centre0 - (0.5 / scale - 0.5) - steps / scale))
     x1, y1 = (int(v) for v in np.ceil(hi))
-    region = _padded(image, x0, y0, x1, y1)
+    h, w = image.shape[:2]
+    if (x1 - x0) * (y1 - y0) > max(16 * h * w, 1 << 24):
+        # A box far larger than the frame (a bad detection): shrink the frame itself, so memory
+        # stays bounded by the frame; the warp pads around it.
+        x0 = y0 = 0
+        region = image
+    else:
+        region = _padded(image, x0, y0, x1, y1)
     small = cv2.resize(region, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     # cv2.resize puts small pixel x' at source index (x' + 0.5) / scale - 0.5 + x0 (pixel centres).
     d = np.eye(2) / scale

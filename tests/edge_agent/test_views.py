@@ -89,6 +89,15 @@ def test_area_crop_is_the_area_average_of_the_box(box: list[float], size: int) -
         assert diff.mean() < 2.5
 
 
+def test_area_crop_of_a_huge_box_stays_small() -> None:
+    """A 10,000-px box around a 100-px frame (a bad detection) must not allocate the box."""
+    img = np.full((100, 100, 3), 255, np.uint8)
+    out = crop_square(img, np.array([-4950, -4950, 5050, 5050], np.float32), 100, "area")
+    assert out.shape == (100, 100, 3)
+    assert (out[:40] == 114).all() and (out[60:] == 114).all()
+    assert out[49:51, 49:51].mean() > 114  # the frame is one bright pixel near the centre
+
+
 @pytest.mark.parametrize("crop", ["upright", "rotated"])
 def test_area_crop_does_not_alias_fine_stripes(crop: str) -> None:
     """One-pixel stripes shrunk 6x: the true image is flat grey; a sampling warp shows stripes."""
