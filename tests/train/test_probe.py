@@ -122,5 +122,10 @@ def test_probe_cli_cuts_views_at_each_encoders_geometry(
     out = capsys.readouterr().out
     assert "at person 64 px, scene 64 px" in out and "at person 96 px, scene 96 px" in out
     report = json.loads((tmp_path / "probe.json").read_text())
-    assert report["geometry"][str(other)]["person"] == {"scale": 1.6, "size": 96, "y_shift": 0.0}
+    assert report["geometry"][str(other)]["person"] == {
+        "scale": 1.6,
+        "size": 96,
+        "y_shift": 0.0,
+        "resample": "bilinear",
+    }
     assert report["results"][str(other)]["person"]["emotion6"]["n"] == 323  # same images, other cut
