@@ -1,50 +1,62 @@
 """Copy a model with its views' resample mode replaced, to measure what another resizer costs it.
 
 Usage: ``python scripts/with_resample.py SRC DST {bilinear,area}`` where SRC is a fine-tuning
-checkpoint (``.pt``) or an exported model (``.onnx``). Only the ``resample`` field of the input
-metadata changes; evaluating the copy (``affectline train evaluate DST ...``) then cuts every view
+checkpoint (``.pt``) or an exported model (``.onnx``). Only the ``resample`` of each input's
+geometry changes; evaluating the copy (``affectline train evaluate DST ...``) then cuts every view
 the other way, through the same code as the agent.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import replace
 
+from edge_agent.modelmeta import ModelMeta
 from edge_agent.views import RESAMPLES
+from engines.verify import read_meta
 
-KEY = "affectline.inputs"
+
+def with_resample(meta: ModelMeta, mode: str) -> ModelMeta:
+    """``meta`` with every input's geometry resampled by ``mode``."""
+    inputs = tuple(replace(s, geometry=replace(s.geometry, resample=mode)) for s in meta.inputs)
+    return replace(meta, inputs=inputs)
 
 
-def swap(inputs: str, mode: str) -> str:
-    """The ``affectline.inputs`` JSON with every view's ``resample`` set to ``mode``."""
-    views = json.loads(inputs)
-    for view in views.values():
-        view["resample"] = mode
-    return json.dumps(views)
+def write_pt(src: str, dst: str, meta: ModelMeta) -> None:
+    import torch
+
+    from train.checkpoint import load_checkpoint
+
+    blob = load_checkpoint(src)
+    blob["meta_props"] = meta.to_props()
+    torch.save(blob, dst)
+
+
+def write_onnx(src: str, dst: str, meta: ModelMeta) -> None:
+    import onnx
+
+    model = onnx.load(src)
+    props = meta.to_props()
+    for prop in model.metadata_props:
+        prop.value = props.get(prop.key, prop.value)
+    onnx.save(model, dst)
 
 
 def main(src: str, dst: str, mode: str) -> int:
     if mode not in RESAMPLES:
         print(f"mode={mode!r} not one of {RESAMPLES}", file=sys.stderr)
         return 2
-    if src.endswith(".pt"):
-        import torch
-
-        blob = torch.load(src, map_location="cpu", weights_only=False)
-        blob["meta_props"][KEY] = swap(blob["meta_props"][KEY], mode)
-        torch.save(blob, dst)
-    elif src.endswith(".onnx"):
-        import onnx
-
-        model = onnx.load(src)
-        for prop in model.metadata_props:
-            if prop.key == KEY:
-                prop.value = swap(prop.value, mode)
-        onnx.save(model, dst)
-    else:
+    writers = {".pt": write_pt, ".onnx": write_onnx}
+    suffix = "." + src.rsplit(".", 1)[-1]
+    if suffix not in writers:
         print(f"{src}: not a .pt or .onnx file", file=sys.stderr)
         return 2
+    try:
+        meta = with_resample(read_meta(src), mode)
+    except ValueError as exc:  # a missing file, an unreadable checkpoint or a broken contract
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    writers[suffix](src, dst, meta)
     print(f"{dst}: {src} with resample {mode}")
     return 0
 

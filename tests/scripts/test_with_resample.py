@@ -30,6 +30,7 @@ def meta_of(path: Path) -> ModelMeta:
     [
         (("{src}", "{dst}", "nearest"), "not one of"),
         (("{src}.txt", "{dst}", "area"), "not a .pt or .onnx file"),
+        (("{dst}.missing.onnx", "{dst}", "area"), "is not a file"),
     ],
 )
 def test_bad_arguments_exit_2_naming_them(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
