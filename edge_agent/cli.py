@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("run", help="run the agent (default: embedded demo clip, model and broker)")
+    p = sub.add_parser("run", help="run the agent (default: embedded demo clips, model and broker)")
     p.add_argument("config", nargs="?", help="config file (default: the built-in demo config)")
     p.add_argument("--preview", help="write an annotated video here (overrides the config)")
     p.add_argument("--console", action="store_true", help="show a live per-person table")

@@ -344,17 +344,21 @@ class ConfigError(Exception):
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(value: Any, path: str, missing: list[str]) -> Any:
-    """Replace ``${VAR}`` in strings with the environment's value (for secrets)."""
+def _expand_env(value: Any, path: str, missing: list[tuple[str, str]]) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value (for secrets).
+
+    An unset variable becomes ``""`` and is recorded in ``missing`` as (key path, variable), so the
+    rest of the config can still be checked.
+    """
     if isinstance(value, dict):
         return {k: _expand_env(v, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+        return [_expand_env(v, f"{path}.{i}" if path else str(i), missing) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ:
-                missing.append(f"{path}: environment variable {m.group(1)} is not set")
+                missing.append((path or "<root>", m.group(1)))
                 return ""
             return os.environ[m.group(1)]
 
@@ -422,17 +426,21 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
     """
     if not isinstance(data, dict):
         raise ConfigError(source, [f"<root>: value {type(data).__name__}: expected a mapping"])
-    missing: list[str] = []
+    missing: list[tuple[str, str]] = []
     try:
         data = _expand_env(data, "", missing)
     except RecursionError:  # a YAML alias that contains itself, or absurd nesting
         raise ConfigError(source, ["<root>: value nests too deeply or refers to itself"]) from None
-    if missing:
-        raise ConfigError(source, missing)
+    problems = [f"{path}: environment variable {name} is not set" for path, name in missing]
     try:
-        return AgentConfig.model_validate(data)
+        cfg = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+        # A key whose variable is unset was checked as "": its problem is the variable, said above.
+        unset = {path for path, _ in missing}
+        problems += [line for line in format_errors(exc) if line.split(": ", 1)[0] not in unset]
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -169,6 +169,17 @@ def test_missing_env_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config(with_("mqtt.password", "${AFFECTLINE_NOPE}"))
 
 
+def test_missing_env_secret_does_not_hide_other_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AFFECTLINE_NOPE", raising=False)
+    data = with_("cameras.0.source.path", "${AFFECTLINE_NOPE}")  # "" would fail the path rule too
+    data["mqtt"] = {"port": 70000}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    problems = info.value.problems
+    assert problems[0] == "cameras.0.source.path: environment variable AFFECTLINE_NOPE is not set"
+    assert len(problems) == 2 and problems[1].startswith("mqtt.port: value 70000:")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("", "expected a mapping"), ("a: [", "not valid YAML"), ("- 1", "expected a mapping")],
