@@ -96,8 +96,16 @@ def dataset_views(
         raise CalibrationDataError(f"split={split!r}: allowed {SPLITS}")
     if n < 1:
         raise CalibrationDataError(f"n={n}: must be >= 1")
+    from train.data.sources import as_train
+
     held = held_out_split(meta, **(held_out or {}))
-    samples = [s for spec in specs for s in getattr(load_parts(spec, held), split)]
+    parts = [load_parts(spec, held) for spec in specs]
+    if split == "train":  # a manifest, folder or image set has no split: all of it calibrates
+        parts = [as_train(p, spec) for p, spec in zip(parts, specs, strict=True)]
+    samples = [s for p in parts for s in getattr(p, split)]
+    if not samples:
+        readers = "; ".join(r.summary() for p in parts for r in p.reports)
+        raise CalibrationDataError(f"no {split} samples in {list(specs)} ({readers})")
     return _views(meta, samples, specs, split, n, seed, balanced)
 
 
@@ -137,6 +145,7 @@ def _views(
     person: list[np.ndarray] = []
     scene: list[np.ndarray] = []
     kept: list[int] = []
+    unusable: list[str] = []
     for i in order:
         if len(kept) == n:
             break
@@ -144,12 +153,16 @@ def _views(
             pv, sv = ds.views(samples[i], None)
         except BadImageError as exc:
             log.warning("skipping sample: %s", exc)
+            unusable.append(str(exc))
             continue
         person.append(pv)
         scene.append(sv)
         kept.append(int(i))
     if not kept:
-        raise CalibrationDataError(f"no usable {split} samples in {list(specs)}")
+        why = f" (all {len(unusable)} tried unusable, first: {unusable[0]})" if unusable else ""
+        raise CalibrationDataError(f"no usable {split} samples in {list(specs)}{why}")
+    if unusable:
+        log.warning("skipped %d unusable %s image(s); kept %d", len(unusable), split, len(kept))
     return _viewset(
         meta,
         np.stack(person),

@@ -61,8 +61,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     predictor, meta = _predictor_for(args)
     held = held_out_split(meta)
+    written: set[str] = set()  # two sources of one kind must not overwrite each other's report
     for spec in args.data:
-        print(_evaluate_spec(args, spec, predictor, meta, held))
+        print(_evaluate_spec(args, spec, predictor, meta, held, written))
     return EXIT_OK
 
 
@@ -85,13 +86,22 @@ def _predictor_for(args: argparse.Namespace) -> tuple[Predictor, ModelMeta]:
 
 
 def _evaluate_spec(
-    args: argparse.Namespace, spec: str, predictor: Predictor, meta: ModelMeta, held: dict[str, float]
+    args: argparse.Namespace,
+    spec: str,
+    predictor: Predictor,
+    meta: ModelMeta,
+    held: dict[str, float],
+    written: set[str],
 ) -> str:
-    """Evaluate one data source, write its report and return the one-line summary."""
+    """Evaluate one data source, write its report (named ``<kind>_<split>``, numbered from the second
+    of a kind on) and return the one-line summary."""
     from calibration.datasets import load_parts
+    from train.data.records import DataError
     from train.evaluate import evaluate, write_report
 
     splits = load_parts(spec, held)
+    if not (splits.train or splits.val or splits.test):
+        raise DataError(f"{spec}: no usable sample ({splits.readers()})")
     split = args.split
     samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
     if not samples:
@@ -105,7 +115,15 @@ def _evaluate_spec(
         meta.classes,
         args.batch_size,
     )
-    name = f"{spec.split(':', 1)[0]}_{split}"
+    if not result.report["n_samples"]:
+        first = next(iter(result.skipped.items()), ("", "none given"))
+        raise DataError(f"{spec}: no usable {split} image among {len(samples)} (first: {': '.join(first)})")
+    kind = spec.split(":", 1)[0]
+    name, number = f"{kind}_{split}", 1
+    while name in written:
+        number += 1
+        name = f"{kind}{number}_{split}"
+    written.add(name)
     prov = {
         "checkpoint": _provenance(args.checkpoint),
         "data": spec,
@@ -117,7 +135,14 @@ def _evaluate_spec(
     path = write_report(result, args.out, name, meta.classes, prov)
     cls = result.report.get("classification", {})
     va = result.report.get("valence_arousal", {})
+    read_skips = sum(
+        len(places)
+        for r in splits.reports
+        if split == "all" or r.part in ("", split)
+        for places in r.skipped.values()
+    )
     line = f"{name}: n={result.report['n_samples']} skipped={result.report['n_skipped']}"
+    line += f" (+{read_skips} rows skipped by the reader)" if read_skips else ""
     if cls:
         line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
     if va:
@@ -140,6 +165,7 @@ def _probe(args: argparse.Namespace) -> int:
         if enc.geometry not in data:
             data[enc.geometry] = load_probe_data(args.data, args.train_per_source, args.seed, *enc.geometry)
             d = data[enc.geometry]
+            print("\n".join(d.readers), flush=True)
             print(
                 f"probe: {int(d.train.sum())} training and {int((~d.train).sum())} test images "
                 f"({d.skipped} unreadable skipped) at person {enc.person.size} px, scene {enc.scene.size} px",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
@@ -122,10 +123,11 @@ class FinetuneConfig(_RunViews):
         """Refuse values the loop cannot use, naming the field, the value and the allowed range.
 
         Raises:
-            ValueError: ``ema_decay`` outside [0, 1), ``select`` not one of ``SELECT`` or
-                ``resample`` not one of ``RESAMPLES``.
+            ValueError: ``ema_decay`` outside [0, 1), ``select`` not one of ``SELECT``,
+                ``resample`` not one of ``RESAMPLES`` or a data source given twice.
         """
         self.check_resample()
+        check_unique_data(self.data)
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} outside [0, 1)")
         if self.select not in SELECT:
@@ -175,16 +177,32 @@ class PretrainConfig(_RunViews):
 
         Raises:
             ValueError: ``teacher`` not one of ``TEACHERS``, ``mask_ratio`` outside [0, 1) (one patch
-                must stay visible), ``teacher_scene_weight`` outside [0, 1] or ``resample`` not one of
-                ``RESAMPLES``.
+                must stay visible), ``teacher_scene_weight`` outside [0, 1], ``resample`` not one of
+                ``RESAMPLES`` or a data source given twice.
         """
         self.check_resample()
+        check_unique_data(self.data)
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher={self.teacher!r} not one of {TEACHERS}")
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"mask_ratio={self.mask_ratio} outside [0, 1)")
         if not 0 <= self.teacher_scene_weight <= 1:
             raise ValueError(f"teacher_scene_weight={self.teacher_scene_weight} outside [0, 1]")
+
+
+def check_unique_data(data: list[str]) -> None:
+    """A source given twice would silently double its samples; ``source_weights`` is the knob.
+
+    Raises:
+        ValueError: naming the repeated source.
+    """
+    seen: set[str] = set()
+    for spec in data:
+        kind, _, path = spec.partition(":")
+        key = f"{kind}:{os.path.realpath(path)}" if path else spec
+        if key in seen:
+            raise ValueError(f"data source {spec!r} given twice; weight a source with source_weights instead")
+        seen.add(key)
 
 
 RunConfig = TypeVar("RunConfig", FinetuneConfig, PretrainConfig)

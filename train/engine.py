@@ -387,6 +387,8 @@ class BudgetedLoop:
         usable = self.usable(batch)
         for k, v in (self.train_step(usable, gen) if usable is not None else {}).items():
             self.totals[k] = self.totals.get(k, 0.0) + v
+        if usable is None:
+            self.totals["empty_steps"] = self.totals.get("empty_steps", 0.0) + 1
         self.totals["steps"] = self.totals.get("steps", 0.0) + 1
         self.state["global_step"] += 1
         self.state["step_in_epoch"] += 1
@@ -487,6 +489,14 @@ class BudgetedLoop:
                     break
                 self._step(batch, gen, bar)
         steps = self.totals.pop("steps", 0.0)
+        if steps and self.totals.pop("empty_steps", 0.0) == steps and not self.train_set.any_usable():
+            # Training on nothing would still write checkpoints that look like a result. (An epoch
+            # of unlucky draws from a partly broken set goes on: some image was usable.)
+            bad = self.train_set.bad
+            example = f", e.g. {next(iter(bad.values()))}" if bad else ""
+            raise DataError(
+                f"no usable training image in {int(steps)} step(s): all drawn were unusable{example}"
+            )
         rate = steps * self.cfg.batch_size * self.rt.world / max(time.time() - t0, 1e-6)
         return cut, steps, rate
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from train.checkpoint import load_matching_weights, make_meta
 from train.config import AugmentConfig, FinetuneConfig, finetune_args, merge_config
 from train.data.dataset import DualViewDataset
-from train.data.records import CLASSES
+from train.data.records import CLASSES, DataError
 from train.data.splits import WeightedDistributedSampler, balanced_weights
 from train.engine import (
     BudgetedLoop,
@@ -133,7 +133,7 @@ class Finetuner(BudgetedLoop):
         self.prior = load_prior()
         self.splits = load_splits(cfg)
         if not self.splits.train:
-            raise ValueError(f"no training samples in data sources {cfg.data}")
+            raise DataError(f"no training samples in data sources {cfg.data} ({self.splits.readers()})")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_set = DualViewDataset(
             self.splits.train,

@@ -21,7 +21,7 @@ from torch import nn
 from train.checkpoint import make_meta
 from train.config import TEACHERS, AugmentConfig, PretrainConfig, merge_config, pretrain_args
 from train.data.dataset import DualViewDataset
-from train.data.records import CLASSES
+from train.data.records import CLASSES, DataError
 from train.data.splits import WeightedDistributedSampler
 from train.engine import (
     BudgetedLoop,
@@ -82,7 +82,7 @@ class Pretrainer(BudgetedLoop):
         self.splits = load_splits(cfg)
         samples = self.splits.train
         if not samples:
-            raise ValueError(f"no pretraining samples in data sources {cfg.data}")
+            raise DataError(f"no pretraining samples in data sources {cfg.data} ({self.splits.readers()})")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_set = DualViewDataset(samples, self.person, self.scene, self.augment, seed=cfg.seed)
         self.sampler = WeightedDistributedSampler(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
 from train.checkpoint import checkpoint_meta, load_checkpoint, match_weights
 from train.data.dataset import DualViewDataset
-from train.data.records import CLASSES, Sample
+from train.data.records import CLASSES, DataError, Sample
 from train.data.sources import load_source
 from train.engine import Runtime, to_inputs
 from train.metrics import classification_report
@@ -43,6 +43,7 @@ class ProbeData:
         source: (N,) source name.
         train: (N,) True for the probe's training images, False for held-out test images.
         skipped: Images that could not be read.
+        readers: Each reader's one-line summary of the rows it kept and skipped.
     """
 
     person: torch.Tensor
@@ -51,6 +52,7 @@ class ProbeData:
     source: np.ndarray
     train: np.ndarray
     skipped: int
+    readers: list[str]
 
 
 def _probe_label(item: dict[str, Any], train: bool) -> int:
@@ -76,17 +78,21 @@ def load_probe_data(
     same images.
 
     Raises:
-        ValueError: ``train_per_source`` < 1, or a source without labelled training images.
+        ValueError: ``train_per_source`` < 1.
+        DataError: a source without a readable labelled training image or test image.
     """
     if train_per_source < 1:
         raise ValueError(f"train_per_source={train_per_source}: must be >= 1")
     rng = np.random.default_rng(seed)
     chosen: list[tuple[Sample, bool]] = []
+    readers: list[str] = []
+    parts: list[tuple[str, int]] = []  # (spec, index in ``chosen`` where its samples end)
     for spec in specs:
         splits = load_source(spec)
+        readers += [r.summary() for r in splits.reports]
         train = _labelled(splits.train)
         if not train:
-            raise ValueError(
+            raise DataError(
                 f"data source {spec!r}: no labelled training images (the probe needs a source with its "
                 "own train/test split: ferplus, expw or emotion6)"
             )
@@ -94,9 +100,11 @@ def load_probe_data(
         # Test images are scored on their majority label, as `train evaluate` scores them (FER+
         # images whose majority is contempt/unknown/not-a-face have none and are left out).
         chosen += [(train[i], True) for i in take] + [(s, False) for s in splits.test if s.label >= 0]
+        parts.append((spec, len(chosen)))
     ds = DualViewDataset([s for s, _ in chosen], person, scene)
     items = [ds[i] for i in range(len(ds))]
     ok = [i for i, it in enumerate(items) if it["valid"]]
+    _require_both_parts(parts, chosen, set(ok), ds.bad)
     return ProbeData(
         person=torch.stack([items[i]["person"] for i in ok]),
         scene=torch.stack([items[i]["scene"] for i in ok]),
@@ -104,7 +112,27 @@ def load_probe_data(
         source=np.array([chosen[i][0].source for i in ok]),
         train=np.array([chosen[i][1] for i in ok]),
         skipped=len(items) - len(ok),
+        readers=readers,
     )
+
+
+def _require_both_parts(
+    parts: list[tuple[str, int]], chosen: list[tuple[Sample, bool]], ok: set[int], bad: dict[str, str]
+) -> None:
+    """Every source needs a readable training and a readable test image: a fit on nothing, or a
+    score on nothing, would read as 0 %.
+
+    Raises:
+        DataError: naming the source, the part and one reason its images were unusable.
+    """
+    start = 0
+    for spec, end in parts:
+        for part, is_train in (("training", True), ("test", False)):
+            wanted = [i for i in range(start, end) if chosen[i][1] == is_train]
+            if not any(i in ok for i in wanted):
+                why = bad.get(chosen[wanted[0]][0].image, "unusable") if wanted else "none labelled"
+                raise DataError(f"data source {spec!r}: no usable {part} image among {len(wanted)} ({why})")
+        start = end
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from calibration.datasets import (
     normalise,
 )
 from edge_agent.modelmeta import ModelMeta
+from tests.conftest import shared_path
+from train.data.records import CLASSES
 
 
 @pytest.mark.parametrize(
@@ -119,3 +122,16 @@ def test_rejects(meta: ModelMeta, expw_spec: str, split: str, n: int, match: str
 def test_bad_spec_is_named(meta: ModelMeta) -> None:
     with pytest.raises(CalibrationDataError, match="expw:/nonexistent"):
         dataset_views(meta, ["expw:/nonexistent"], "train", 4)
+
+
+def test_a_manifest_calibrates_with_all_its_rows(meta: ModelMeta, tmp_path: Path) -> None:
+    """A manifest has no split: for calibration all of it is training data."""
+    faces = sorted(shared_path("data", "ferplus", "FER2013Train").glob("*.png"))[:6]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    rows = [f"{p},{CLASSES[i % 7]}" for i, p in enumerate(faces)] + ["broken.png,sad"]
+    (tmp_path / "m.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
+    views = dataset_views(meta, [f"manifest:{tmp_path / 'm.csv'}"], "train", 10)
+    assert len(views.labels) == 6  # the broken image skipped
+    (tmp_path / "m.csv").write_text("image,label\nbroken.png,sad\n")
+    with pytest.raises(CalibrationDataError, match="all 1 tried unusable, first: .*broken.png"):
+        dataset_views(meta, [f"manifest:{tmp_path / 'm.csv'}"], "train", 10)

@@ -188,3 +188,59 @@ def test_module_entry_points_report_bad_input_in_one_line(
     assert importlib.import_module(module).main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([], "no usable sample (manifest:m.csv: kept 0)"),  # header only
+        (["broken.png,happy", "broken.png,sad"], "no usable test image among 2 (first: "),  # all unreadable
+    ],
+)
+def test_evaluate_with_nothing_usable_exit_2(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str], rows: list[str], message: str
+) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "m.csv").write_text("\n".join(["image,label", *rows]) + "\n")
+    argv = ["train", "evaluate", str(checkpoint), "--data", f"manifest:{tmp_path / 'm.csv'}"]
+    assert _cli([*argv, "--out", str(tmp_path / "ev"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "ev" / "manifest_test.json").exists()  # no report of 0 %
+
+
+def test_evaluate_summary_counts_the_rows_the_reader_skipped(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FER+ layout whose Test label.csv has a row without a vote in the 7 classes."""
+    root = tmp_path / "ferplus"
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
+    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        (root / split).mkdir(parents=True)
+        for p in faces:
+            (root / split / p.name).write_bytes(p.read_bytes())
+        votes = ["10,0,0,0,0,0,0,0,0,0", "0,10,0,0,0,0,0,0,0,0", "0,0,0,0,0,0,0,10,0,0"]  # last: contempt
+        (root / split / "label.csv").write_text(
+            "".join(f'{p.name},"(0, 0, 48, 48)",{v}\n' for p, v in zip(faces, votes, strict=True))
+        )
+    argv = ["train", "evaluate", str(checkpoint), "--data", f"ferplus:{root}", "--no-mirror"]
+    assert _cli([*argv, "--out", str(tmp_path / "ev"), "--threads", "1"]) == 0
+    assert "ferplus_test: n=2 skipped=0 (+1 rows skipped by the reader)" in capsys.readouterr().out
+
+
+def test_evaluate_two_sources_of_one_kind_keep_both_reports(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
+    for n, name in ((1, "a.csv"), (2, "b.csv")):
+        (tmp_path / name).write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces[:n]))
+    data = ["--data", f"manifest:{tmp_path / 'a.csv'}", "--data", f"manifest:{tmp_path / 'b.csv'}"]
+    assert (
+        _cli(["train", "evaluate", str(checkpoint), *data, "--out", str(tmp_path / "ev"), "--threads", "1"])
+        == 0
+    )
+    reports = {p.name: json.loads(p.read_text()) for p in (tmp_path / "ev").glob("*.json")}
+    assert {n: (r["data"].rsplit("/", 1)[-1], r["n_samples"]) for n, r in reports.items()} == {
+        "manifest_test.json": ("a.csv", 1),
+        "manifest2_test.json": ("b.csv", 2),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +55,8 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("select", "loss", "select='loss' not one of"),
         ("select", "", "select='' not one of"),
         ("resample", "nearest", "resample='nearest' not one of"),
+        ("data", ["expw:/d/expw", "expw:/d/expw"], "data source 'expw:/d/expw' given twice"),
+        ("data", ["expw:/d/expw", "expw:/d/../d/expw/"], "given twice"),  # the same folder, spelt apart
     ],
 )
 def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
@@ -71,6 +74,7 @@ def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) 
         ("teacher_scene_weight", 1.5, r"teacher_scene_weight=1.5 outside \[0, 1\]"),
         ("teacher_scene_weight", -1.0, "teacher_scene_weight=-1.0"),
         ("resample", "", "resample='' not one of"),
+        ("data", ["video:/v.mp4", "video:/v.mp4"], "data source 'video:/v.mp4' given twice"),
     ],
 )
 def test_pretrain_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
@@ -99,3 +103,10 @@ def test_runs_train_only_views_of_equal_size(
     else:
         person, scene = cfg.geometries()
         assert (person.size, scene.size) == sizes
+
+
+def test_default_recipe_file_is_a_valid_finetune_config() -> None:
+    """``train/recipes/default.yaml`` (docs/training.md) loads through ``--config`` as the runs had it."""
+    recipe = Path(__file__).parents[2] / "train" / "recipes" / "default.yaml"
+    cfg = FinetuneConfig(**merge_config(FinetuneConfig, argparse.Namespace(config=str(recipe))))
+    assert cfg.source_weights == {"ferplus": 1.0, "expw": 1.5, "emotion6": 1.0}

@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import shared_path
 from train.checkpoint import CheckpointError, load_checkpoint, load_model
+from train.data.records import DataError
 from train.data.sources import load_source
 from train.main_finetune import FinetuneConfig, WeightEma, per_source_accuracy
 from train.main_finetune import run as finetune
@@ -289,3 +290,14 @@ def test_finetune_rejects_empty_data(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("image,label\n")
     with pytest.raises(ValueError, match="no training samples"):
         finetune(FinetuneConfig(data=[f"manifest:{tmp_path / 'm.csv'}"], out=str(tmp_path / "o"), threads=1))
+
+
+def test_finetune_on_only_unusable_images_stops_without_a_model(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "m.csv").write_text("image,label\n" + "broken.png,happy\n" * 4)
+    cfg = FinetuneConfig(
+        data=[f"manifest:{tmp_path / 'm.csv'}"], out=str(tmp_path / "o"), batch_size=2, threads=1, max_steps=1
+    )
+    with pytest.raises(DataError, match=r"no usable training image in 1 step\(s\).*not a decodable image"):
+        finetune(cfg)
+    assert not (tmp_path / "o" / "best.pt").exists()

@@ -13,7 +13,7 @@ from edge_agent.cli import build_parser
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry
 from tests.conftest import shared_path
 from train.checkpoint import CheckpointError, make_meta, save_checkpoint
-from train.data.records import CLASSES
+from train.data.records import CLASSES, DataError
 from train.data.sources import load_source
 from train.models import build_model
 from train.probe import fit_logistic, load_encoder, load_probe_data
@@ -129,3 +129,21 @@ def test_probe_cli_cuts_views_at_each_encoders_geometry(
         "resample": "bilinear",
     }
     assert report["results"][str(other)]["person"]["emotion6"]["n"] == 323  # same images, other cut
+
+
+@pytest.mark.parametrize("broken", ["train", "test"])
+def test_probe_data_needs_a_readable_image_in_each_part(tmp_path: Path, broken: str) -> None:
+    """An ExpW-layout copy of 10 real faces whose training (or test) images are all truncated."""
+    lines = shared_path("data", "expw", "label.lst").read_text().splitlines()
+    kept = list({line.split()[0]: line for line in lines}.values())[::50][:10]
+    root = tmp_path / "expw"
+    (root / "Images").mkdir(parents=True)
+    (root / "label.lst").write_text("\n".join(kept) + "\n")
+    for line in kept:
+        name = line.split()[0]
+        (root / "Images" / name).write_bytes(shared_path("data", "expw", "Images", name).read_bytes())
+    for s in getattr(load_source(f"expw:{root}"), broken):
+        Path(s.image).write_bytes(Path(s.image).read_bytes()[:40])
+    part = "training" if broken == "train" else "test"
+    with pytest.raises(DataError, match=f"no usable {part} image among .*not a decodable image"):
+        load_probe_data([f"expw:{root}"], 10)

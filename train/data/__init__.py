@@ -4,6 +4,7 @@
 # imports, so building the command-line help loads no torch.
 KINDS = (
     "ferplus",
+    "ferpluscsv",
     "expw",
     "emotion6",
     "fer2013csv",

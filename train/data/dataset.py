@@ -74,7 +74,9 @@ class ImageStore:
 
 
 def _to_rgb_or_grey(img: np.ndarray) -> np.ndarray:
-    if img.dtype != np.uint8:
+    if img.dtype == np.uint16:  # 16-bit PNG: a fixed scale, so a dark image stays dark
+        img = cv2.convertScaleAbs(img, alpha=1.0 / 257.0)
+    elif img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
     if img.ndim == 2:
         return img
@@ -184,6 +186,17 @@ class DualViewDataset(Dataset):
         if rng is not None and self.augment is not None and rng.random() < self.augment.flip:
             out = [v[:, ::-1] for v in out]
         return out[0], out[1]
+
+    def any_usable(self) -> bool:
+        """Whether some sample's views can be cut; stops at the first. Unusable ones go to ``bad``."""
+        for sample in self.samples:
+            try:
+                self.views(sample, None)
+            except BadImageError as exc:
+                self.bad[sample.image] = str(exc)
+                continue
+            return True
+        return False
 
     def targets(self, sample: Sample) -> tuple[np.ndarray, bool, np.ndarray, float]:
         """Soft class target (7,), whether it exists, valence/arousal (2,), and its weight."""

@@ -17,8 +17,9 @@ fault apart:
 from __future__ import annotations
 
 import csv
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,11 +88,15 @@ class Sample:
 
 @dataclass
 class ReadReport:
-    """What a reader kept and skipped (reason → list of "file:line" places)."""
+    """What a reader kept and skipped (reason → list of "file:line" places).
+
+    ``part`` names the split the file holds when it holds one (a FER+ split folder), else is empty.
+    """
 
     source: str
     kept: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    part: str = ""
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped.setdefault(reason, []).append(where)
@@ -162,7 +167,7 @@ def read_ferplus_folder(
     label_csv = _require(Path(folder) / "label.csv", "FER+ folder", "file")
     report = ReadReport(f"ferplus:{folder.name}")
     samples = []
-    with open(label_csv, newline="", encoding="utf-8") as fh:
+    with open(label_csv, newline="", encoding="utf-8-sig") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             where = f"{label_csv}:{lineno}"
             if len(row) != 12:
@@ -170,12 +175,7 @@ def read_ferplus_folder(
             if exclude and f"{folder.name}/{row[0]}" in exclude:
                 report.skip("duplicate of a train image", where)
                 continue
-            try:
-                votes = np.array(finite_floats(row[2:]), np.float32)
-            except ValueError:
-                raise DataError(f"{where}: vote counts must be finite numbers, got {row[2:]}") from None
-            if votes.min() < 0:
-                raise DataError(f"{where}: vote counts must not be negative, got {row[2:]}")
+            votes = _ferplus_votes(row[2:], where)
             dist = ferplus_votes_to_dist(votes)
             if dist is None:
                 report.skip("no vote in the 7 classes", where)
@@ -198,10 +198,25 @@ def read_ferplus_folder(
     return samples, report
 
 
+def _ferplus_votes(fields: list[str], where: str) -> np.ndarray:
+    """The 10 vote counts of a FER+ row.
+
+    Raises:
+        DataError: a count is not a finite non-negative number (names ``where``).
+    """
+    try:
+        votes = np.array(finite_floats(fields), np.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: vote counts must be finite numbers, got {fields}") from None
+    if votes.min() < 0:
+        raise DataError(f"{where}: vote counts must not be negative, got {fields}")
+    return votes
+
+
 def read_ferplus_duplicates(csv_path: Path | str) -> set[str]:
     """Valid/Test images with a copy in Train (``test_val_images_duplicated_in_train.csv``)."""
     path = _require(Path(csv_path), "FER+ duplicates file")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "eval_image" not in reader.fieldnames:
             raise DataError(f"{path}:1: header must contain 'eval_image'")
@@ -221,7 +236,7 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     path = _require(Path(csv_path), "FER2013 CSV", "file")
     report = ReadReport("fer2013")
     samples = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         need = {"emotion", "pixels"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
@@ -262,6 +277,100 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     return samples, report
 
 
+# FER+ split folders by FER2013 Usage (the duplicates file names images as <folder>/<file>).
+_FERPLUS_FOLDER = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
+
+
+def read_ferplus_csv(new_csv: Path | str) -> tuple[list[Sample], ReadReport]:
+    """FER+ as its authors distribute it: ``fer2013new.csv`` (Usage, Image name, 10 votes per row)
+    beside the Kaggle ``fer2013.csv``, whose row *i* holds the pixels of its row *i*.
+
+    Rows without an image name (FER+ removed them: no face) are skipped and counted, as are rows
+    without a vote in the 7 classes, rows with unusable pixels and Valid/Test images listed in a
+    ``test_val_images_duplicated_in_train.csv`` beside the file. Each sample's ``split`` follows
+    ``Usage``.
+
+    Raises:
+        DataError: ``fer2013.csv`` is missing, a header lacks a column, a vote is not a finite
+            non-negative number, or the two files are not row-aligned (row counts or Usage differ).
+    """
+    new_csv = _require(Path(new_csv), "FER+ label file", "file")
+    pixels_csv = _require(new_csv.parent / "fer2013.csv", f"Kaggle fer2013.csv beside {new_csv.name}", "file")
+    dup_file = new_csv.parent / "test_val_images_duplicated_in_train.csv"
+    dups = read_ferplus_duplicates(dup_file) if dup_file.exists() else set()
+    report = ReadReport(f"ferplus:{new_csv.name}")
+    samples = []
+    with (
+        open(new_csv, newline="", encoding="utf-8-sig") as fh,
+        open(pixels_csv, newline="", encoding="utf-8-sig") as ph,
+    ):
+        labels, pixels = csv.DictReader(fh), csv.DictReader(ph)
+        _require_columns(new_csv, labels.fieldnames, ["Usage", "Image name", *FERPLUS_VOTES])
+        _require_columns(pixels_csv, pixels.fieldnames, ["pixels", "Usage"])
+        for lineno, (row, pix) in enumerate(itertools.zip_longest(labels, pixels), 2):
+            where = f"{new_csv}:{lineno}"
+            if row is None or pix is None or row["Usage"] != pix["Usage"]:
+                raise DataError(
+                    f"{where}: no matching row {lineno} in {pixels_csv} (Usage or row count differs); "
+                    "the two files must be complete and in the same order"
+                )
+            sample = _ferplus_csv_row(row, pix["pixels"], where, dups, report)
+            if sample is not None:
+                samples.append(sample)
+    report.kept = len(samples)
+    return samples, report
+
+
+def _require_columns(path: Path, header: Sequence[str] | None, need: list[str]) -> None:
+    if header is None or not set(need) <= set(header):
+        raise DataError(f"{path}:1: header must contain {need}, got {header}")
+
+
+def _ferplus_csv_row(
+    row: dict[str, str], pixels: str, where: str, dups: set[str], report: ReadReport
+) -> Sample | None:
+    """One ``fer2013new.csv`` row with its pixels, or ``None`` (counted in ``report``) when unusable."""
+    if row["Usage"] not in FER2013_USAGE:
+        report.skip(f"Usage not one of {sorted(FER2013_USAGE)}", where)
+        return None
+    if not row["Image name"]:
+        report.skip("no image name (FER+ found no face)", where)
+        return None
+    if f"{_FERPLUS_FOLDER[row['Usage']]}/{row['Image name']}" in dups:
+        report.skip("duplicate of a train image", where)
+        return None
+    votes = _ferplus_votes([row[v] for v in FERPLUS_VOTES], where)
+    dist = ferplus_votes_to_dist(votes)
+    if dist is None:
+        report.skip("no vote in the 7 classes", where)
+        return None
+    face = _fer2013_pixels(pixels)
+    if face is None:
+        report.skip("pixels are not 48x48 values in 0..255", where)
+        return None
+    return Sample(
+        image=f"{where}#{row['Image name']}",
+        label=ferplus_majority(votes),
+        dist=tuple(dist.tolist()),
+        source="ferplus",
+        pixels=face,
+        tight_face=True,
+        origin=where,
+        split=FER2013_USAGE[row["Usage"]],
+    )
+
+
+def _fer2013_pixels(text: str | None) -> np.ndarray | None:
+    """A FER2013 ``pixels`` field as a (48, 48) uint8 face, or ``None`` if it is not one."""
+    try:
+        pix = np.array([int(v) for v in (text or "").split()], np.int64)
+    except ValueError:
+        return None
+    if pix.size != 48 * 48 or pix.min() < 0 or pix.max() > 255:
+        return None
+    return pix.astype(np.uint8).reshape(48, 48)
+
+
 def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[Sample], ReadReport]:
     """Class-per-folder layout ``root/<class>/*.png``.
 
@@ -275,13 +384,16 @@ def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[
     root = _require(Path(root), "image folder root", "dir")
     report = ReadReport(f"folder:{root.name}")
     samples = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    # Hidden folders (.ipynb_checkpoints, .git) are tool litter, not a misspelt class.
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name not in CLASSES:
             raise DataError(f"{sub}: folder name {sub.name!r} is not a class; allowed {CLASSES}")
         label = CLASSES.index(sub.name)
         for img in sorted(sub.iterdir()):
-            if img.suffix.lower() in IMAGE_SUFFIXES:
+            if img.suffix.lower() in IMAGE_SUFFIXES and img.is_file():
                 samples.append(Sample(str(img), None, label, None, None, "folder", tight_face=tight_face))
+            elif not img.name.startswith("."):
+                report.skip(f"not an image file ({', '.join(IMAGE_SUFFIXES)})", str(img))
     report.kept = len(samples)
     return samples, report
 
@@ -292,10 +404,11 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
     lst = _require(root / "label.lst", "ExpW root", "file")
     report = ReadReport("expw")
     samples = []
-    with open(lst, encoding="utf-8") as fh:
+    with open(lst, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{lst}:{lineno}"
-            parts = line.split()
+            # The name may contain spaces: the 7 numbers are the last fields.
+            parts = line.rsplit(maxsplit=7)
             if not parts:
                 continue
             if len(parts) != 8:
@@ -333,13 +446,17 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
     gt = _require(root / "ground_truth.txt", "Emotion6 root", "file")
     report = ReadReport("emotion6")
     samples = []
-    with open(gt, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
+    with open(gt, encoding="utf-8-sig") as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
         if len(header) != 10:
             raise DataError(f"{gt}:1: expected 10 tab-separated columns, got {len(header)}")
+        if _is_number(header[1]):
+            raise DataError(f"{gt}:1: expected the header line ([image_filename] [valence] ...); got data")
         for lineno, line in enumerate(fh, 2):
             where = f"{gt}:{lineno}"
-            parts = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split("\t")
             if len(parts) != 10:
                 raise DataError(f"{where}: expected 10 tab-separated fields, got {len(parts)}")
             try:
@@ -369,6 +486,14 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
     return samples, report
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     """Generic manifest CSV with header ``image,label[,x1,y1,x2,y2]``.
 
@@ -379,7 +504,7 @@ def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     path = _require(Path(csv_path), "manifest", "file")
     report = ReadReport(f"manifest:{path.name}")
     samples = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         missing = [c for c in ("image", "label") if c not in cols]
@@ -391,6 +516,12 @@ def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
         if box_cols and len(box_cols) != 4:
             raise DataError(f"{path}:1: box columns must be all of x1,y1,x2,y2, got {box_cols}")
         for lineno, row in enumerate(reader, 2):
+            extra, short = row.get(None) or [], sum(v is None for v in row.values())
+            if extra or short:  # csv files extra fields under the key None and fills short rows with None
+                raise DataError(
+                    f"{path}:{lineno}: expected {len(cols)} fields ({','.join(cols)}), "
+                    f"got {len(cols) + len(extra) - short}"
+                )
             samples.append(_manifest_row(row, lineno, path, bool(box_cols)))
     report.kept = len(samples)
     return samples, report
@@ -423,7 +554,7 @@ def _parse_label(text: str, where: str) -> int:
         return -1
     if text in CLASSES:
         return CLASSES.index(text)
-    if text.isdigit() and int(text) < len(CLASSES):
+    if text.isascii() and text.isdigit() and int(text) < len(CLASSES):
         return int(text)
     raise DataError(f"{where}: label {text!r} not in {CLASSES} (or 0..{len(CLASSES) - 1})")
 

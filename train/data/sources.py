@@ -1,6 +1,7 @@
 """Named data sources (``kind:path``) → train / validation / test sample lists.
 
-Kinds: ``ferplus`` (root with FER2013Train/Valid/Test), ``expw`` (root with label.lst),
+Kinds: ``ferplus`` (root with FER2013Train/Valid/Test), ``ferpluscsv`` (``fer2013new.csv`` with the
+Kaggle ``fer2013.csv`` beside it), ``expw`` (root with label.lst),
 ``emotion6`` (root with ground_truth.txt), ``fer2013csv`` (Kaggle CSV), ``fer2013folder`` (the
 FER2013 image-folder release: class folders of tight 48-px face crops), ``folder`` (class folders of
 photos framed as they are), ``manifest`` (CSV image,label[,x1,y1,x2,y2]), ``unlabelled`` (image
@@ -23,6 +24,7 @@ from train.data.records import (
     read_emotion6,
     read_expw,
     read_fer2013_csv,
+    read_ferplus_csv,
     read_ferplus_duplicates,
     read_ferplus_folder,
     read_image_folder,
@@ -42,6 +44,10 @@ class Splits:
     test: list[Sample] = field(default_factory=list)
     reports: list[ReadReport] = field(default_factory=list)
 
+    def readers(self) -> str:
+        """What every reader kept and skipped, on one line (for messages about missing samples)."""
+        return "; ".join(r.summary() for r in self.reports)
+
     def extend(self, other: Splits) -> None:
         self.train += other.train
         self.val += other.val
@@ -50,7 +56,7 @@ class Splits:
 
 
 # Kinds whose path is one file; the others name a folder.
-FILE_KINDS = ("fer2013csv", "manifest", "video")
+FILE_KINDS = ("ferpluscsv", "fer2013csv", "manifest", "video")
 
 
 def parse_spec(spec: str) -> tuple[str, Path]:
@@ -81,7 +87,7 @@ def load_source(
     FER+ uses its official Train/Valid/Test (Valid/Test images duplicated in Train removed);
     ExpW and Emotion6 are split by image: ``test_fraction`` of the images to test, then
     ``val_fraction`` (of all images) from the rest to val, so the test part does not depend on
-    ``val_fraction``. FER2013 CSV rows follow their ``Usage`` column. The other kinds go entirely
+    ``val_fraction``. FER2013 and FER+ CSV rows follow their ``Usage`` column. The other kinds go entirely
     to ``test`` when used for evaluation and to ``train`` otherwise (see ``as_train``).
 
     Raises:
@@ -100,6 +106,7 @@ def load_source(
         dups = read_ferplus_duplicates(dup_file) if dup_file.exists() else set()
         for split, folder in (("train", "FER2013Train"), ("val", "FER2013Valid"), ("test", "FER2013Test")):
             samples, report = read_ferplus_folder(path / folder, exclude=dups)
+            report.part = split
             getattr(out, split).extend(samples)
             out.reports.append(report)
         return out
@@ -107,6 +114,7 @@ def load_source(
         "expw": read_expw,
         "emotion6": read_emotion6,
         "fer2013csv": read_fer2013_csv,
+        "ferpluscsv": read_ferplus_csv,
         "fer2013folder": partial(read_image_folder, tight_face=True),
         "folder": read_image_folder,
         "manifest": read_manifest,

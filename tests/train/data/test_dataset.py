@@ -178,3 +178,20 @@ def test_image_store_caches_small_images(tmp_path: Path) -> None:
     first = store.load(s)
     (tmp_path / "s.png").unlink()
     assert store.load(s) is first
+
+
+@pytest.mark.parametrize(
+    ("stored", "dtype", "expected"),
+    [
+        (np.full((8, 8), 25700, np.uint16), np.uint16, 100),  # a dark 16-bit image stays dark: 25700/257
+        (np.full((8, 8), 65535, np.uint16), np.uint16, 255),
+        (np.full((8, 8), 100, np.uint8), np.uint8, 100),
+    ],
+)
+def test_image_depths_convert_at_a_fixed_scale(
+    tmp_path: Path, stored: np.ndarray, dtype: type, expected: int
+) -> None:
+    cv2.imwrite(str(tmp_path / "d.png"), stored)
+    assert cv2.imread(str(tmp_path / "d.png"), cv2.IMREAD_UNCHANGED).dtype == dtype  # really 16-bit on disk
+    img = ImageStore().load(Sample(str(tmp_path / "d.png")))
+    assert img.dtype == np.uint8 and int(img.max()) == int(img.min()) == expected

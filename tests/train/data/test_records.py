@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
+from train.data.dataset import ImageStore
 from train.data.records import (
     CLASSES,
     DataError,
@@ -18,6 +19,7 @@ from train.data.records import (
     read_emotion6,
     read_expw,
     read_fer2013_csv,
+    read_ferplus_csv,
     read_ferplus_duplicates,
     read_ferplus_folder,
     read_image_folder,
@@ -126,6 +128,9 @@ def _write(path: Path, text: str) -> Path:
         ("image,label,x1,y1,x2,y2\na.png,happy,nan,10,50,60\n", r"manifest.csv:2: box .* finite numbers"),
         ("image,label,x1,y1,x2,y2\na.png,happy,10,10,inf,60\n", r"manifest.csv:2: box .* finite numbers"),
         ("image,label\n,happy\n", "empty 'image'"),
+        ("image,label\na.png\n", r"manifest.csv:2: expected 2 fields \(image,label\), got 1"),
+        ("image,label\na.png,happy,3\n", r"manifest.csv:2: expected 2 fields \(image,label\), got 3"),
+        ("image,label\na.png,\u00b2\n", "label '\u00b2' not in"),  # a digit to isdigit(), not to int()
     ],
 )
 def test_manifest_bad_input_names_file_and_line(tmp_path: Path, content: str, match: str) -> None:
@@ -332,3 +337,114 @@ def test_emotion6_bad_values(tmp_path: Path) -> None:
     _write(tmp_path / "ground_truth.txt", header + "\n" + rows[0] + "\njoy/1.jpg\tx\n")
     with pytest.raises(DataError, match=r"ground_truth.txt:3: expected 10 tab-separated fields, got 2"):
         read_emotion6(tmp_path)
+
+
+@pytest.mark.parametrize("bom", ["", "\ufeff"])  # Excel's "CSV UTF-8" starts the file with a BOM
+def test_readers_take_a_byte_order_mark(tmp_path: Path, bom: str) -> None:
+    import cv2
+
+    (tmp_path / "Images").mkdir()
+    cv2.imwrite(str(tmp_path / "Images" / "x.jpg"), np.zeros((50, 50, 3), np.uint8))
+    (tmp_path / "label.lst").write_text(bom + "x.jpg 0 1 2 30 40 9.0 3\n", encoding="utf-8")
+    (tmp_path / "m.csv").write_text(bom + "image,label\nImages/x.jpg,happy\n", encoding="utf-8")
+    assert len(read_expw(tmp_path)[0]) == 1
+    assert [s.label for s in read_manifest(tmp_path / "m.csv")[0]] == [CLASSES.index("happy")]
+
+
+def test_expw_image_names_may_contain_spaces(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "Images").mkdir()
+    cv2.imwrite(str(tmp_path / "Images" / "a b.jpg"), np.zeros((50, 50, 3), np.uint8))
+    _write(tmp_path / "label.lst", "a b.jpg 0 1 2 30 40 9.0 3\n")
+    samples, _ = read_expw(tmp_path)
+    assert [Path(s.image).name for s in samples] == ["a b.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("first", "blank", "outcome"),
+    [
+        ("joy/1.jpg\t7\t3\t0\t0\t0\t1\t0\t0\t0", False, "expected the header line"),  # header missing
+        ("[image_filename]\tv\ta\t" + "\t".join("p" * 7), True, 1),  # a blank line is skipped
+    ],
+)
+def test_emotion6_header_and_blank_lines(tmp_path: Path, first: str, blank: bool, outcome: str | int) -> None:
+    import cv2
+
+    (tmp_path / "images" / "joy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "images" / "joy" / "1.jpg"), np.zeros((40, 40, 3), np.uint8))
+    row = "joy/1.jpg\t7\t3\t0\t0\t0\t1\t0\t0\t0"
+    _write(tmp_path / "ground_truth.txt", first + "\n" + ("\n" if blank else "") + row + "\n")
+    if isinstance(outcome, str):
+        with pytest.raises(DataError, match=f"ground_truth.txt:1: {outcome}"):
+            read_emotion6(tmp_path)
+    else:
+        assert len(read_emotion6(tmp_path)[0]) == outcome
+
+
+def test_image_folder_ignores_hidden_folders_and_counts_other_files(tmp_path: Path) -> None:
+    import cv2
+
+    (tmp_path / "happy").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(tmp_path / "happy" / "1.png"), np.zeros((48, 48), np.uint8))
+    (tmp_path / "happy" / "notes.txt").write_text("x")
+    samples, report = read_image_folder(tmp_path)
+    assert len(samples) == 1
+    assert [len(v) for v in report.skipped.values()] == [1] and "notes.txt" in report.summary()
+
+
+def _ferplus_csv_pair(root: Path, rows: int, drop_pixel_row: int | None = None) -> Path:
+    """The first ``rows`` rows of the real ``fer2013new.csv`` and a ``fer2013.csv`` beside it built
+    from the same faces' real PNGs (the layout users have: the Kaggle file plus the FER+ labels)."""
+    import cv2
+
+    lines = shared_path("data", "ferplus", "fer2013new.csv").read_text().splitlines()[: rows + 1]
+    pixel_rows = ["emotion,pixels,Usage"]
+    for line in lines[1:]:
+        usage, name = line.split(",")[:2]
+        png = shared_path("data", "ferplus", "FER2013Train", name) if name else None
+        face = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE) if png else np.zeros((48, 48), np.uint8)
+        pixel_rows.append(f"0,{' '.join(map(str, face.ravel()))},{usage}")
+    if drop_pixel_row is not None:
+        del pixel_rows[drop_pixel_row]
+    (root / "fer2013new.csv").write_text("\n".join(lines) + "\n")
+    (root / "fer2013.csv").write_text("\n".join(pixel_rows) + "\n")
+    return root / "fer2013new.csv"
+
+
+def test_ferplus_csv_reads_as_the_ferplus_folders_do(tmp_path: Path) -> None:
+    samples, report = read_ferplus_csv(_ferplus_csv_pair(tmp_path, 60))
+    folder, _ = read_ferplus_folder(shared_path("data", "ferplus", "FER2013Train"))
+    by_name = {Path(s.image).name: s for s in folder}
+    assert len(samples) == report.kept > 40 and sum(len(v) for v in report.skipped.values()) > 0
+    for s in samples:
+        twin = by_name[s.image.rsplit("#", 1)[1]]
+        assert (s.label, s.dist, s.split, s.source, s.tight_face) == (
+            twin.label,
+            twin.dist,
+            "train",
+            "ferplus",
+            True,
+        )
+        assert s.pixels is not None and np.array_equal(s.pixels, ImageStore().load(twin))
+    assert [s.image for s in load_source(f"ferpluscsv:{tmp_path / 'fer2013new.csv'}").train] == [
+        s.image for s in samples
+    ]
+
+
+@pytest.mark.parametrize(
+    ("drop", "with_pixels", "match"),
+    [
+        (None, False, "Kaggle fer2013.csv beside fer2013new.csv"),
+        (5, True, r"fer2013new.csv:\d+: no matching row \d+ in .*fer2013.csv"),  # one row missing
+    ],
+)
+def test_ferplus_csv_needs_its_row_aligned_pixel_file(
+    tmp_path: Path, drop: int | None, with_pixels: bool, match: str
+) -> None:
+    path = _ferplus_csv_pair(tmp_path, 10, drop)
+    if not with_pixels:
+        (tmp_path / "fer2013.csv").unlink()
+    with pytest.raises(DataError, match=match):
+        read_ferplus_csv(path)
