@@ -62,7 +62,9 @@ class ImageStore:
                 data = np.fromfile(sample.image, np.uint8)
             except OSError as exc:
                 raise BadImageError(f"{sample.image}: cannot read ({exc})") from None
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        # Not IMREAD_UNCHANGED: that ignores EXIF orientation, and a phone photo's box is drawn on
+        # the image as shown. ANYCOLOR|ANYDEPTH keeps grey and 16-bit images as they are.
+        img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
         if img is None:
             raise BadImageError(f"{sample.image}: not a decodable image (truncated or wrong format)")
         img = _to_rgb_or_grey(img)

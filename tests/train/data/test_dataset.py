@@ -195,3 +195,25 @@ def test_image_depths_convert_at_a_fixed_scale(
     assert cv2.imread(str(tmp_path / "d.png"), cv2.IMREAD_UNCHANGED).dtype == dtype  # really 16-bit on disk
     img = ImageStore().load(Sample(str(tmp_path / "d.png")))
     assert img.dtype == np.uint8 and int(img.max()) == int(img.min()) == expected
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding one tag: Orientation (0x0112) = ``orientation``."""
+    tiff = b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little")
+    tiff += (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    tiff += orientation.to_bytes(2, "little") + b"\x00\x00" + (0).to_bytes(4, "little")
+    body = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+@pytest.mark.parametrize(("orientation", "shape"), [(1, (100, 200)), (6, (200, 100))])
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tuple[int, int]) -> None:
+    """Boxes in a manifest are drawn on the photo as shown, so a rotated phone photo loads rotated."""
+    stored = np.zeros((100, 200, 3), np.uint8)
+    stored[:, :50] = 255  # white on the left as stored; on top once turned 90 degrees clockwise
+    ok, jpeg = cv2.imencode(".jpg", stored)
+    (tmp_path / "p.jpg").write_bytes(_with_exif_orientation(jpeg.tobytes(), orientation))
+    img = ImageStore().load(Sample(str(tmp_path / "p.jpg")))
+    assert img.shape[:2] == shape
+    if orientation == 6:
+        assert img[:40].mean() > 200 and img[60:].mean() < 50
