@@ -3,7 +3,9 @@
 Datasets are read with the training readers (`train.data.sources`) and their fixed splits, and
 views are cut by `train.data.dataset.DualViewDataset.views` (no augmentation) with the model's own
 view geometry, so INT8 scales are fitted on what the model saw in training. Calibration draws from
-the ``train`` split; accuracy reports use the held-out ``test`` split, never both.
+the ``train`` split; accuracy reports use the held-out ``test`` split, never both. A source without
+splits (a manifest, a class folder) has no held-out part: all of it calibrates, and an evaluation
+on the same file then scores images the INT8 scales were fitted on.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def dataset_views(
         parts = [as_train(p, spec) for p, spec in zip(parts, specs, strict=True)]
     samples = [s for p in parts for s in getattr(p, split)]
     if not samples:
-        readers = "; ".join(r.summary() for p in parts for r in p.reports)
+        readers = "; ".join(p.readers() for p in parts)
         raise CalibrationDataError(f"no {split} samples in {list(specs)} ({readers})")
     return _views(meta, samples, specs, split, n, seed, balanced)
 

@@ -351,14 +351,14 @@ def _expand_env(value: Any, path: str, missing: list[tuple[str, str]]) -> Any:
     rest of the config can still be checked.
     """
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
+        return {k: _expand_env(v, _join(path, k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}.{i}" if path else str(i), missing) for i, v in enumerate(value)]
+        return [_expand_env(v, _join(path, i), missing) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ:
-                missing.append((path or "<root>", m.group(1)))
+                missing.append((path, m.group(1)))
                 return ""
             return os.environ[m.group(1)]
 
@@ -386,12 +386,20 @@ def redact(text: str) -> str:
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
-    """``cameras.0.source.path``: discriminated unions add their tag to the path; drop it.
+    """``cameras.0.source.path``: discriminated unions add their tag to the path; drop it."""
+    parts = [p for i, p in enumerate(loc) if not (i and loc[i - 1] in _UNIONS and isinstance(p, str))]
+    path = ""
+    for part in parts:
+        path = _join(path, part)
+    return path or "<root>"
 
-    Keys with spaces or unprintable characters are quoted, so every problem stays on one line.
-    """
-    parts = [str(p) for i, p in enumerate(loc) if not (i and loc[i - 1] in _UNIONS and isinstance(p, str))]
-    return ".".join(p if p.isprintable() and p and " " not in p else repr(p) for p in parts) or "<root>"
+
+def _join(path: str, key: Any) -> str:
+    """``path.key``; a key with spaces or unprintable characters is quoted, so every problem
+    stays on one line (and an unset variable's path matches pydantic's for the same key)."""
+    text = str(key)
+    text = text if text.isprintable() and text and " " not in text else repr(text)
+    return f"{path}.{text}" if path else text
 
 
 def format_errors(exc: ValidationError) -> list[str]:

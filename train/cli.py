@@ -57,7 +57,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from calibration.datasets import held_out_split
+    from train.config import check_unique_data
 
+    check_unique_data(args.data)
     torch.set_num_threads(args.threads)
     predictor, meta = _predictor_for(args)
     held = held_out_split(meta)
@@ -93,20 +95,13 @@ def _evaluate_spec(
     held: dict[str, float],
     written: set[str],
 ) -> str:
-    """Evaluate one data source, write its report (named ``<kind>_<split>``, numbered from the second
-    of a kind on) and return the one-line summary."""
+    """Evaluate one data source, write its report and return the one-line summary."""
     from calibration.datasets import load_parts
     from train.data.records import DataError
     from train.evaluate import evaluate, write_report
 
     splits = load_parts(spec, held)
-    if not (splits.train or splits.val or splits.test):
-        raise DataError(f"{spec}: no usable sample ({splits.readers()})")
-    split = args.split
-    samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
-    if not samples:
-        print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
-        split, samples = "test", splits.test
+    split, samples = _part_to_evaluate(spec, splits, args.split)
     result = evaluate(
         samples,
         predictor,
@@ -116,14 +111,9 @@ def _evaluate_spec(
         args.batch_size,
     )
     if not result.report["n_samples"]:
-        first = next(iter(result.skipped.items()), ("", "none given"))
-        raise DataError(f"{spec}: no usable {split} image among {len(samples)} (first: {': '.join(first)})")
-    kind = spec.split(":", 1)[0]
-    name, number = f"{kind}_{split}", 1
-    while name in written:
-        number += 1
-        name = f"{kind}{number}_{split}"
-    written.add(name)
+        where, why = next(iter(result.skipped.items()))
+        raise DataError(f"{spec}: no usable {split} image among {len(samples)} (first: {where}: {why})")
+    name = _report_name(spec.split(":", 1)[0], split, written)
     prov = {
         "checkpoint": _provenance(args.checkpoint),
         "data": spec,
@@ -135,14 +125,8 @@ def _evaluate_spec(
     path = write_report(result, args.out, name, meta.classes, prov)
     cls = result.report.get("classification", {})
     va = result.report.get("valence_arousal", {})
-    read_skips = sum(
-        len(places)
-        for r in splits.reports
-        if split == "all" or r.part in ("", split)
-        for places in r.skipped.values()
-    )
     line = f"{name}: n={result.report['n_samples']} skipped={result.report['n_skipped']}"
-    line += f" (+{read_skips} rows skipped by the reader)" if read_skips else ""
+    line += _reader_skips(splits, split)
     if cls:
         line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
     if va:
@@ -150,13 +134,55 @@ def _evaluate_spec(
     return f"{line} -> {path}"
 
 
+def _part_to_evaluate(spec: str, splits: Any, split: str) -> tuple[str, list[Any]]:
+    """(split, samples) to evaluate: ``split``, or the test part for a source without that part.
+
+    Raises:
+        DataError: the source has no usable sample, or neither that part nor a test part.
+    """
+    from train.data.records import DataError
+
+    if not (splits.train or splits.val or splits.test):
+        raise DataError(f"{spec}: no usable sample ({splits.readers()})")
+    samples = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
+    if samples:
+        return split, samples
+    if not splits.test:
+        also = "" if split == "test" else " and no test part"
+        raise DataError(f"{spec}: no {split} part{also} ({splits.readers()})")
+    print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
+    return "test", splits.test
+
+
+def _report_name(kind: str, split: str, written: set[str]) -> str:
+    """``<kind>_<split>``, numbered from the second source of a kind on (so none overwrites another)."""
+    name, number = f"{kind}_{split}", 1
+    while name in written:
+        number += 1
+        name = f"{kind}{number}_{split}"
+    written.add(name)
+    return name
+
+
+def _reader_skips(splits: Any, split: str) -> str:
+    """`` (+N rows skipped by the reader)`` for the summary line; ``all parts`` when the reader's
+    file holds several splits (its skips cannot be told apart by split)."""
+    counted = [r for r in splits.reports if split == "all" or r.part in ("", split)]
+    n = sum(len(places) for r in counted for places in r.skipped.values())
+    if not n:
+        return ""
+    return f" (+{n} rows skipped by the reader{'' if all(r.part for r in counted) else ', all parts'})"
+
+
 def _probe(args: argparse.Namespace) -> int:
     import json
 
     import torch
 
+    from train.config import check_unique_data
     from train.probe import IMAGENET, ProbeData, load_encoder, load_probe_data, probe
 
+    check_unique_data(args.data)
     torch.set_num_threads(args.threads)
     encoders = [(name, load_encoder(name)) for name in args.encoders]  # bad names fail before the slow part
     data: dict[Any, ProbeData] = {}  # one decode per view geometry; each encoder sees its own

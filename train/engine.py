@@ -241,6 +241,7 @@ class BudgetedLoop:
         }
         self.totals: dict[str, float] = {}
         self.synced_progress = 0.0
+        self.some_image_usable = False  # set once `require_usable_images` has found one
 
     def announce(self, line: str) -> None:
         """On the main rank, print what each data reader kept and skipped, then ``line``."""
@@ -385,10 +386,11 @@ class BudgetedLoop:
 
     def _step(self, batch: dict[str, torch.Tensor], gen: torch.Generator, bar: Any) -> None:
         usable = self.usable(batch)
-        for k, v in (self.train_step(usable, gen) if usable is not None else {}).items():
-            self.totals[k] = self.totals.get(k, 0.0) + v
         if usable is None:
-            self.totals["empty_steps"] = self.totals.get("empty_steps", 0.0) + 1
+            self.require_usable_images()
+        else:
+            for k, v in self.train_step(usable, gen).items():
+                self.totals[k] = self.totals.get(k, 0.0) + v
         self.totals["steps"] = self.totals.get("steps", 0.0) + 1
         self.state["global_step"] += 1
         self.state["step_in_epoch"] += 1
@@ -417,6 +419,23 @@ class BudgetedLoop:
             example = next(iter(getattr(self.train_set, "bad", {}).values()), "see the readers' report")
             raise DataError(f"every image of a batch of {bad} is unusable (e.g. {example})")
         return None
+
+    def require_usable_images(self) -> None:
+        """After a batch with no usable image: go on only if the training set has one at all.
+
+        Training on nothing would still write checkpoints that look like a result. The set is
+        searched once, up to its first usable image; an unlucky batch from a partly broken set
+        then goes on.
+
+        Raises:
+            DataError: no training image is usable (names one reason).
+        """
+        if self.some_image_usable:
+            return
+        if not self.train_set.any_usable():
+            example = next(iter(self.train_set.bad.values()), "see the readers' report")
+            raise DataError(f"no usable training image among {len(self.train_set)} (e.g. {example})")
+        self.some_image_usable = True
 
     def report_skipped(self) -> None:
         """On the main rank, print how many unusable image draws training dropped (with one reason)."""
@@ -489,14 +508,6 @@ class BudgetedLoop:
                     break
                 self._step(batch, gen, bar)
         steps = self.totals.pop("steps", 0.0)
-        if steps and self.totals.pop("empty_steps", 0.0) == steps and not self.train_set.any_usable():
-            # Training on nothing would still write checkpoints that look like a result. (An epoch
-            # of unlucky draws from a partly broken set goes on: some image was usable.)
-            bad = self.train_set.bad
-            example = f", e.g. {next(iter(bad.values()))}" if bad else ""
-            raise DataError(
-                f"no usable training image in {int(steps)} step(s): all drawn were unusable{example}"
-            )
         rate = steps * self.cfg.batch_size * self.rt.world / max(time.time() - t0, 1e-6)
         return cut, steps, rate
 

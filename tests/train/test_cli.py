@@ -190,23 +190,33 @@ def test_module_entry_points_report_bad_input_in_one_line(
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
+FER2013_TRAINING_ONLY = "emotion,pixels,Usage\n3," + " ".join(["9"] * 48 * 48) + ",Training\n"
+
+
 @pytest.mark.parametrize(
-    ("rows", "message"),
+    ("spec", "content", "message"),
     [
-        ([], "no usable sample (manifest:m.csv: kept 0)"),  # header only
-        (["broken.png,happy", "broken.png,sad"], "no usable test image among 2 (first: "),  # all unreadable
+        ("manifest:m.csv", "image,label\n", "no usable sample (manifest:m.csv: kept 0)"),  # header only
+        ("manifest:m.csv", "image,label\nbroken.png,happy\nbroken.png,sad\n", "no usable test image among 2"),
+        ("fer2013csv:m.csv", FER2013_TRAINING_ONLY, "m.csv: no test part (fer2013: kept 1)"),
     ],
 )
 def test_evaluate_with_nothing_usable_exit_2(
-    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str], rows: list[str], message: str
+    tmp_path: Path,
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    spec: str,
+    content: str,
+    message: str,
 ) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    (tmp_path / "m.csv").write_text("\n".join(["image,label", *rows]) + "\n")
-    argv = ["train", "evaluate", str(checkpoint), "--data", f"manifest:{tmp_path / 'm.csv'}"]
+    (tmp_path / "m.csv").write_text(content)
+    kind = spec.split(":")[0]
+    argv = ["train", "evaluate", str(checkpoint), "--data", f"{kind}:{tmp_path / 'm.csv'}"]
     assert _cli([*argv, "--out", str(tmp_path / "ev"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "ev" / "manifest_test.json").exists()  # no report of 0 %
+    assert not list((tmp_path / "ev").glob("*.json"))  # no report of 0 %
 
 
 def test_evaluate_summary_counts_the_rows_the_reader_skipped(

@@ -76,6 +76,7 @@ class ImageStore:
 
 
 def _to_rgb_or_grey(img: np.ndarray) -> np.ndarray:
+    """A decoded image as uint8 RGB, or grey when it has one channel or three equal ones."""
     if img.dtype == np.uint16:  # 16-bit PNG: a fixed scale, so a dark image stays dark
         img = cv2.convertScaleAbs(img, alpha=1.0 / 257.0)
     elif img.dtype != np.uint8:
@@ -84,8 +85,6 @@ def _to_rgb_or_grey(img: np.ndarray) -> np.ndarray:
         return img
     if img.shape[2] == 1:
         return img[:, :, 0]
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     grey_like = np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2])
     return img[:, :, 0] if grey_like else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

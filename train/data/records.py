@@ -242,7 +242,8 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
             raise DataError(f"{path}:1: header must contain {sorted(need)}, got {reader.fieldnames}")
         has_usage = "Usage" in reader.fieldnames
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
+            lineno = reader.line_num  # of the row's last line: csv skips blank lines
             where = f"{path}:{lineno}"
             if has_usage and row.get("Usage") not in FER2013_USAGE:
                 report.skip(f"Usage not one of {sorted(FER2013_USAGE)}", where)
@@ -281,14 +282,14 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
 _FERPLUS_FOLDER = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
 
 
-def read_ferplus_csv(new_csv: Path | str) -> tuple[list[Sample], ReadReport]:
+def read_ferplus_csv(new_csv: Path | str) -> tuple[list[Sample], list[ReadReport]]:
     """FER+ as its authors distribute it: ``fer2013new.csv`` (Usage, Image name, 10 votes per row)
     beside the Kaggle ``fer2013.csv``, whose row *i* holds the pixels of its row *i*.
 
     Rows without an image name (FER+ removed them: no face) are skipped and counted, as are rows
     without a vote in the 7 classes, rows with unusable pixels and Valid/Test images listed in a
     ``test_val_images_duplicated_in_train.csv`` beside the file. Each sample's ``split`` follows
-    ``Usage``.
+    ``Usage``; so does the report its row is counted in (one per split, as for the FER+ folders).
 
     Raises:
         DataError: ``fer2013.csv`` is missing, a header lacks a column, a vote is not a finite
@@ -298,7 +299,9 @@ def read_ferplus_csv(new_csv: Path | str) -> tuple[list[Sample], ReadReport]:
     pixels_csv = _require(new_csv.parent / "fer2013.csv", f"Kaggle fer2013.csv beside {new_csv.name}", "file")
     dup_file = new_csv.parent / "test_val_images_duplicated_in_train.csv"
     dups = read_ferplus_duplicates(dup_file) if dup_file.exists() else set()
-    report = ReadReport(f"ferplus:{new_csv.name}")
+    reports = {
+        part: ReadReport(f"ferplus:{new_csv.name}:{part}", part=part) for part in ("train", "val", "test")
+    }
     samples = []
     with (
         open(new_csv, newline="", encoding="utf-8-sig") as fh,
@@ -307,21 +310,24 @@ def read_ferplus_csv(new_csv: Path | str) -> tuple[list[Sample], ReadReport]:
         labels, pixels = csv.DictReader(fh), csv.DictReader(ph)
         _require_columns(new_csv, labels.fieldnames, ["Usage", "Image name", *FERPLUS_VOTES])
         _require_columns(pixels_csv, pixels.fieldnames, ["pixels", "Usage"])
-        for lineno, (row, pix) in enumerate(itertools.zip_longest(labels, pixels), 2):
-            where = f"{new_csv}:{lineno}"
+        for record, (row, pix) in enumerate(itertools.zip_longest(labels, pixels), 1):
+            where = f"{new_csv}:{labels.line_num}"
             if row is None or pix is None or row["Usage"] != pix["Usage"]:
                 raise DataError(
-                    f"{where}: no matching row {lineno} in {pixels_csv} (Usage or row count differs); "
-                    "the two files must be complete and in the same order"
+                    f"{where}: record {record} has no match in {pixels_csv} (Usage or record count "
+                    "differs); the two files must be complete and in the same order"
                 )
+            part = FER2013_USAGE.get(row["Usage"], "")
+            report = reports.setdefault(part, ReadReport(f"ferplus:{new_csv.name}", part=part))
             sample = _ferplus_csv_row(row, pix["pixels"], where, dups, report)
             if sample is not None:
                 samples.append(sample)
-    report.kept = len(samples)
-    return samples, report
+                report.kept += 1
+    return samples, list(reports.values())
 
 
 def _require_columns(path: Path, header: Sequence[str] | None, need: list[str]) -> None:
+    """Raises ``DataError`` (naming the file's line 1) if ``header`` lacks a column of ``need``."""
     if header is None or not set(need) <= set(header):
         raise DataError(f"{path}:1: header must contain {need}, got {header}")
 
@@ -408,7 +414,7 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
         for lineno, line in enumerate(fh, 1):
             where = f"{lst}:{lineno}"
             # The name may contain spaces: the 7 numbers are the last fields.
-            parts = line.rsplit(maxsplit=7)
+            parts = line.strip().rsplit(maxsplit=7)
             if not parts:
                 continue
             if len(parts) != 8:
@@ -416,6 +422,8 @@ def read_expw(root: Path | str) -> tuple[list[Sample], ReadReport]:
                     f"{where}: expected 8 fields (image face_id top left right bottom conf label), "
                     f"got {len(parts)}"
                 )
+            if not parts[1].isdigit():  # a field missing: the name would have absorbed the face id
+                raise DataError(f"{where}: face_id {parts[1]!r} is not a number; expected 8 fields")
             try:
                 top, left, right, bottom = finite_floats(parts[2:6])
                 label = int(parts[7])
@@ -487,6 +495,7 @@ def read_emotion6(root: Path | str) -> tuple[list[Sample], ReadReport]:
 
 
 def _is_number(text: str) -> bool:
+    """Whether ``text`` parses as a float (a data row where a header belongs)."""
     try:
         float(text)
     except ValueError:
@@ -515,7 +524,8 @@ def read_manifest(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
         box_cols = [c for c in ("x1", "y1", "x2", "y2") if c in cols]
         if box_cols and len(box_cols) != 4:
             raise DataError(f"{path}:1: box columns must be all of x1,y1,x2,y2, got {box_cols}")
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
+            lineno = reader.line_num  # of the row's last line: csv skips blank lines
             extra, short = row.get(None) or [], sum(v is None for v in row.values())
             if extra or short:  # csv files extra fields under the key None and fills short rows with None
                 raise DataError(

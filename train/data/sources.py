@@ -114,7 +114,6 @@ def load_source(
         "expw": read_expw,
         "emotion6": read_emotion6,
         "fer2013csv": read_fer2013_csv,
-        "ferpluscsv": read_ferplus_csv,
         "fer2013folder": partial(read_image_folder, tight_face=True),
         "folder": read_image_folder,
         "manifest": read_manifest,
@@ -122,10 +121,14 @@ def load_source(
         "video": read_video,
     }
     try:
-        samples, report = readers[kind](path)
+        if kind == "ferpluscsv":  # one report per split, as for the FER+ folders
+            samples, reports = read_ferplus_csv(path)
+        else:
+            samples, report = readers[kind](path)
+            reports = [report]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"data source {spec!r}: cannot read {path}: {exc}") from None
-    out.reports.append(report)
+    out.reports += reports
     if kind in ("expw", "emotion6"):
         out.train, out.test = split_by_image(samples, test_fraction, split_seed)
         if val_fraction:

@@ -196,6 +196,11 @@ def test_expw_bad_lines(tmp_path: Path) -> None:
     _write(tmp_path / "label.lst", "x.jpg 0 1 2\n")
     with pytest.raises(DataError, match=r"label.lst:1: expected 8 fields \(.*\), got 4"):
         read_expw(tmp_path)
+    _write(
+        tmp_path / "label.lst", "x y.jpg 1 2 30 40 9.0 3\n"
+    )  # face_id missing: 'y.jpg' would take its place
+    with pytest.raises(DataError, match=r"label.lst:1: face_id 'y.jpg' is not a number"):
+        read_expw(tmp_path)
 
 
 def test_fer2013_csv(tmp_path: Path) -> None:
@@ -394,9 +399,12 @@ def test_image_folder_ignores_hidden_folders_and_counts_other_files(tmp_path: Pa
     assert [len(v) for v in report.skipped.values()] == [1] and "notes.txt" in report.summary()
 
 
-def _ferplus_csv_pair(root: Path, rows: int, drop_pixel_row: int | None = None) -> Path:
+def _ferplus_csv_pair(
+    root: Path, rows: int, drop_pixel_row: int | None = None, usage_of_row: tuple[int, str] | None = None
+) -> Path:
     """The first ``rows`` rows of the real ``fer2013new.csv`` and a ``fer2013.csv`` beside it built
-    from the same faces' real PNGs (the layout users have: the Kaggle file plus the FER+ labels)."""
+    from the same faces' real PNGs (the layout users have: the Kaggle file plus the FER+ labels).
+    ``drop_pixel_row`` deletes a pixel row; ``usage_of_row`` (row, Usage) rewrites one's Usage."""
     import cv2
 
     lines = shared_path("data", "ferplus", "fer2013new.csv").read_text().splitlines()[: rows + 1]
@@ -408,16 +416,22 @@ def _ferplus_csv_pair(root: Path, rows: int, drop_pixel_row: int | None = None) 
         pixel_rows.append(f"0,{' '.join(map(str, face.ravel()))},{usage}")
     if drop_pixel_row is not None:
         del pixel_rows[drop_pixel_row]
+    if usage_of_row is not None:
+        row, usage = usage_of_row
+        pixel_rows[row] = pixel_rows[row].rsplit(",", 1)[0] + f",{usage}"
     (root / "fer2013new.csv").write_text("\n".join(lines) + "\n")
     (root / "fer2013.csv").write_text("\n".join(pixel_rows) + "\n")
     return root / "fer2013new.csv"
 
 
 def test_ferplus_csv_reads_as_the_ferplus_folders_do(tmp_path: Path) -> None:
-    samples, report = read_ferplus_csv(_ferplus_csv_pair(tmp_path, 60))
+    samples, reports = read_ferplus_csv(_ferplus_csv_pair(tmp_path, 60))
     folder, _ = read_ferplus_folder(shared_path("data", "ferplus", "FER2013Train"))
     by_name = {Path(s.image).name: s for s in folder}
-    assert len(samples) == report.kept > 40 and sum(len(v) for v in report.skipped.values()) > 0
+    train = reports[0]
+    assert [r.part for r in reports] == ["train", "val", "test"]  # 60 Training rows: the others empty
+    assert len(samples) == train.kept > 40 and sum(len(v) for v in train.skipped.values()) > 0
+    assert reports[1].kept == reports[2].kept == 0 and not reports[1].skipped
     for s in samples:
         twin = by_name[s.image.rsplit("#", 1)[1]]
         assert (s.label, s.dist, s.split, s.source, s.tight_face) == (
@@ -434,16 +448,21 @@ def test_ferplus_csv_reads_as_the_ferplus_folders_do(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("drop", "with_pixels", "match"),
+    ("drop", "usage", "with_pixels", "match"),
     [
-        (None, False, "Kaggle fer2013.csv beside fer2013new.csv"),
-        (5, True, r"fer2013new.csv:\d+: no matching row \d+ in .*fer2013.csv"),  # one row missing
+        (None, None, False, "Kaggle fer2013.csv beside fer2013new.csv"),
+        (None, None, True, None),
+        (5, None, True, r"fer2013new.csv:11: record 10 has no match in .*fer2013.csv"),  # a row missing
+        (None, (3, "PublicTest"), True, r"fer2013new.csv:4: record 3 has no match"),  # rows out of order
     ],
 )
 def test_ferplus_csv_needs_its_row_aligned_pixel_file(
-    tmp_path: Path, drop: int | None, with_pixels: bool, match: str
+    tmp_path: Path, drop: int | None, usage: tuple[int, str] | None, with_pixels: bool, match: str | None
 ) -> None:
-    path = _ferplus_csv_pair(tmp_path, 10, drop)
+    path = _ferplus_csv_pair(tmp_path, 10, drop, usage)
+    if match is None:
+        assert read_ferplus_csv(path)[0]
+        return
     if not with_pixels:
         (tmp_path / "fer2013.csv").unlink()
     with pytest.raises(DataError, match=match):
