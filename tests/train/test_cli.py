@@ -242,8 +242,8 @@ def test_evaluate_two_sources_of_one_kind_keep_both_reports(
     tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
-    for n, name in ((1, "a.csv"), (2, "b.csv")):
-        (tmp_path / name).write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces[:n]))
+    (tmp_path / "a.csv").write_text(f"image,label\n{faces[0]},happy\n")
+    (tmp_path / "b.csv").write_text(f"image,label\n{faces[1]},happy\n{faces[2]},\n")  # one unlabelled
     data = ["--data", f"manifest:{tmp_path / 'a.csv'}", "--data", f"manifest:{tmp_path / 'b.csv'}"]
     assert (
         _cli(["train", "evaluate", str(checkpoint), *data, "--out", str(tmp_path / "ev"), "--threads", "1"])
@@ -254,3 +254,5 @@ def test_evaluate_two_sources_of_one_kind_keep_both_reports(
         "manifest_test.json": ("a.csv", 1),
         "manifest2_test.json": ("b.csv", 2),
     }
+    out = capsys.readouterr().out.splitlines()
+    assert "labelled)" not in out[0] and "(of 1 labelled)" in out[1]
