@@ -71,10 +71,12 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     if not Path(path).exists():
         raise DataError(f"data source {spec!r}: path {path} does not exist")
     want_file = kind in FILE_KINDS
-    if Path(path).is_file() != want_file:
+    if Path(path).is_file() != want_file or not (Path(path).is_file() or Path(path).is_dir()):
+        what = (
+            "file" if Path(path).is_file() else "folder" if Path(path).is_dir() else "device or special file"
+        )
         raise DataError(
-            f"data source {spec!r}: {path} is a {'file' if Path(path).is_file() else 'folder'}; "
-            f"{kind} reads a {'file' if want_file else 'folder'}"
+            f"data source {spec!r}: {path} is a {what}; {kind} reads a {'file' if want_file else 'folder'}"
         )
     return kind, Path(path)
 

@@ -254,15 +254,16 @@ def test_fer2013_csv_rows_follow_their_usage(tmp_path: Path) -> None:
         ("folder", "file", "is a file; folder reads a folder"),
         ("expw", "file", "is a file; expw reads a folder"),
         ("unlabelled", "file", "is a file; unlabelled reads a folder"),
+        ("manifest", "device", "/dev/null is a device or special file; manifest reads a file"),
     ],
 )
 def test_source_path_of_the_wrong_kind_is_refused(
     tmp_path: Path, spec_kind: str, make: str, match: str
 ) -> None:
-    target = tmp_path / "x"
+    target = Path("/dev/null") if make == "device" else tmp_path / "x"
     if make == "dir":
         target.mkdir()
-    else:
+    elif make == "file":
         target.write_text("x")
     with pytest.raises(DataError, match=match):
         load_source(f"{spec_kind}:{target}")
