@@ -238,10 +238,8 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
     samples = []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        need = {"emotion", "pixels"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise DataError(f"{path}:1: header must contain {sorted(need)}, got {reader.fieldnames}")
-        has_usage = "Usage" in reader.fieldnames
+        _require_columns(path, reader.fieldnames, ["emotion", "pixels"])
+        has_usage = "Usage" in (reader.fieldnames or [])
         for row in reader:
             lineno = reader.line_num  # of the row's last line: csv skips blank lines
             where = f"{path}:{lineno}"
@@ -250,25 +248,22 @@ def read_fer2013_csv(csv_path: Path | str) -> tuple[list[Sample], ReadReport]:
                 continue
             try:
                 label = int(row["emotion"])
-                pix = np.array([int(v) for v in row["pixels"].split()], np.int64)
-            except (ValueError, AttributeError):
-                report.skip("unparsable emotion or pixels", where)
+            except (ValueError, TypeError):
+                report.skip("unparsable emotion", where)
                 continue
             if not 0 <= label < len(CLASSES):
                 report.skip(f"label outside 0..{len(CLASSES) - 1}", where)
                 continue
-            if pix.size != 48 * 48:
-                report.skip("pixels are not 48x48", where)
-                continue
-            if pix.min() < 0 or pix.max() > 255:
-                report.skip("pixel value outside 0..255", where)
+            face, why = _fer2013_pixels(row["pixels"])
+            if face is None:
+                report.skip(why, where)
                 continue
             samples.append(
                 Sample(
                     image=f"{path}#{lineno}",
                     label=label,
                     source="fer2013",
-                    pixels=pix.astype(np.uint8).reshape(48, 48),
+                    pixels=face,
                     tight_face=True,
                     origin=where,
                     split=FER2013_USAGE[row["Usage"]] if has_usage else "",
@@ -350,9 +345,9 @@ def _ferplus_csv_row(
     if dist is None:
         report.skip("no vote in the 7 classes", where)
         return None
-    face = _fer2013_pixels(pixels)
+    face, why = _fer2013_pixels(pixels)
     if face is None:
-        report.skip("pixels are not 48x48 values in 0..255", where)
+        report.skip(why, where)
         return None
     return Sample(
         image=f"{where}#{row['Image name']}",
@@ -366,15 +361,17 @@ def _ferplus_csv_row(
     )
 
 
-def _fer2013_pixels(text: str | None) -> np.ndarray | None:
-    """A FER2013 ``pixels`` field as a (48, 48) uint8 face, or ``None`` if it is not one."""
+def _fer2013_pixels(text: str | None) -> tuple[np.ndarray | None, str]:
+    """A FER2013 ``pixels`` field as ((48, 48) uint8 face, ""), or (None, why it is not one)."""
     try:
         pix = np.array([int(v) for v in (text or "").split()], np.int64)
     except ValueError:
-        return None
-    if pix.size != 48 * 48 or pix.min() < 0 or pix.max() > 255:
-        return None
-    return pix.astype(np.uint8).reshape(48, 48)
+        return None, "unparsable pixels"
+    if pix.size != 48 * 48:
+        return None, "pixels are not 48x48"
+    if pix.min() < 0 or pix.max() > 255:
+        return None, "pixel value outside 0..255"
+    return pix.astype(np.uint8).reshape(48, 48), ""
 
 
 def read_image_folder(root: Path | str, tight_face: bool = False) -> tuple[list[Sample], ReadReport]:

@@ -70,14 +70,11 @@ def parse_spec(spec: str) -> tuple[str, Path]:
         raise DataError(f"data source {spec!r}: expected <kind>:<path> with kind in {KINDS}")
     if not Path(path).exists():
         raise DataError(f"data source {spec!r}: path {path} does not exist")
-    want_file = kind in FILE_KINDS
-    if Path(path).is_file() != want_file or not (Path(path).is_file() or Path(path).is_dir()):
-        what = (
-            "file" if Path(path).is_file() else "folder" if Path(path).is_dir() else "device or special file"
-        )
-        raise DataError(
-            f"data source {spec!r}: {path} is a {what}; {kind} reads a {'file' if want_file else 'folder'}"
-        )
+    p = Path(path)
+    what = "file" if p.is_file() else "folder" if p.is_dir() else "device or special file"
+    wanted = "file" if kind in FILE_KINDS else "folder"
+    if what != wanted:
+        raise DataError(f"data source {spec!r}: {path} is a {what}; {kind} reads a {wanted}")
     return kind, Path(path)
 
 
