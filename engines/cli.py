@@ -296,7 +296,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("onnx", help="INT8 Q/DQ ONNX or default-int8 (FP32 ONNX or default for fp16/fp32)")
     p.add_argument("--out", required=True, help="target .engine")
     p.add_argument("--precision", default="int8", help="int8 (default), fp16, fp32")
-    p.add_argument("--batch", default="1,8,16", help="MIN,OPT,MAX batch of the profile (default 1,8,16)")
+    p.add_argument(
+        "--batch",
+        default="1,8,16",
+        help="MIN,OPT,MAX batch of the profile (default 1,8,16; DLA: one size, e.g. 8,8,8)",
+    )
     p.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to fp16/fp32")
     p.add_argument("--fp32-onnx", help="FP32 ONNX for fallbacks (default: the Q/DQ file's source)")
     p.add_argument("--dla-core", type=int, help="DLA core (Jetson AGX/NX Orin, TensorRT <= 10.7)")

@@ -27,6 +27,7 @@ from engines.trt_plan import (
     BuildPlan,
     OnnxPrecision,
     TrtVersion,
+    check_dla_batch,
     plan_build,
     precision_chain,
     profile_shapes,
@@ -167,7 +168,7 @@ def build_engine(
         onnx_path: The Q/DQ INT8 ONNX (normal) or the FP32 ONNX (fp16/fp32, or legacy INT8 calibration).
         out: Engine file (``.engine``); the sidecar goes to ``<out>.json``.
         precision: ``int8``, ``fp16`` or ``fp32``.
-        batch: Batch range of the optimization profile.
+        batch: Batch range of the optimization profile (one fixed size with ``dla_core``).
         fallback: Try the next wider precision when one cannot be planned or built.
         fp32_onnx: FP32 ONNX for fallbacks (default: the Q/DQ file's recorded source).
         dla_core: DLA core (Jetson AGX/NX, TensorRT <= 10.7), or None for the GPU.
@@ -190,6 +191,7 @@ def build_engine(
         raise EnginesInputError(
             f"--workspace-mb={workspace_mb}: allowed {WORKSPACE_MB[0]}..{WORKSPACE_MB[1]}"
         )
+    check_dla_batch(dla_core, batch)
     if not onnx_path.is_file():
         raise EnginesInputError(f"ONNX {str(onnx_path)!r} is not a file")
     refuse_non_trt_qdq(onnx_path)
@@ -359,8 +361,13 @@ def _build(
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("timing cache %s is from another device or version; starting a fresh one", cache_path)
+    # A cache from another device/version is refused by set_timing_cache; one TensorRT cannot
+    # read at all (a truncated file) may come back as None instead.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning(
+            "timing cache %s is unreadable or from another device or version; starting a fresh one",
+            cache_path,
+        )
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     calibrator = _attach_calibrator(trt, builder, config, plan, onnx_path, shapes, calibration)
     try:
@@ -406,7 +413,8 @@ def _attach_calibrator(
     for name, (_, opt, _) in shapes.items():
         fixed = (batches.batch_size, *opt[1:])
         profile.set_shape(name, fixed, fixed, fixed)
-    config.set_calibration_profile(profile)
+    if not config.set_calibration_profile(profile):
+        raise VerificationError(f"TensorRT refused the calibration profile (batch {batches.batch_size})")
     calibrator = make_entropy_calibrator(trt, batches, cache)
     config.int8_calibrator = calibrator
     return calibrator

@@ -4,7 +4,9 @@ TensorRT changed how precision is chosen across versions, so the builder first m
 `BuildPlan` from (TensorRT version, requested precision, what the ONNX contains, DLA or not):
 
 - 8.6–9.x: weakly typed networks; an explicit Q/DQ ONNX is built with the INT8 flag (Q/DQ scales
-  are honoured) and FP16 for the layers left unquantized.
+  are honoured) and FP16 for the layers left unquantized. Every network there is created with
+  ``EXPLICIT_BATCH``: without it the network has an implicit batch, which the ONNX parser refuses
+  (10.x dropped implicit batch and ignores the flag).
 - 10.x: strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): the Q/DQ ONNX
   fixes every tensor's type, no precision flags. DLA (10.x ≤ 10.7 only) still needs the weak
   INT8/FP16 flags because DLA has no FP32 path.
@@ -20,7 +22,7 @@ Everything here is unit-tested without TensorRT.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engines.errors import EnginesInputError
 
@@ -73,7 +75,8 @@ class BuildPlan:
 
     Attributes:
         precision: What the engine computes in: ``int8``, ``fp16`` or ``fp32``.
-        network_flags: ``NetworkDefinitionCreationFlag`` member names for ``create_network``.
+        network_flags: ``NetworkDefinitionCreationFlag`` member names for ``create_network``
+            (``EXPLICIT_BATCH`` before 10.x, ``STRONGLY_TYPED`` on 10.x).
         builder_flags: ``BuilderFlag`` member names to set on the config.
         strongly_typed: Types come from the ONNX (explicitly or, on 11.x, always).
         implicit_calibration: Run the legacy INT8 calibrator on the calibration set.
@@ -140,6 +143,23 @@ def plan_build(
             what to do instead.
     """
     _check_target(version, precision, dla_core)
+    plan = _plan(version, precision, onnx, dla_core, has_calibration)
+    if version < STRONG_TYPING:
+        # TensorRT < 10 creates an implicit-batch network without this flag, and its ONNX parser
+        # only takes explicit-batch networks (TensorRT 8.x Developer Guide, "Explicit Versus
+        # Implicit Batch"); 10.x removed implicit batch and deprecated the flag.
+        plan = replace(plan, network_flags=("EXPLICIT_BATCH", *plan.network_flags))
+    return plan
+
+
+def _plan(
+    version: TrtVersion,
+    precision: str,
+    onnx: OnnxPrecision,
+    dla_core: int | None,
+    has_calibration: bool,
+) -> BuildPlan:
+    """`plan_build` for a checked target, before the version-wide network flags."""
     dla = dla_core is not None
     fallback = ("GPU_FALLBACK",) if dla else ()
     if onnx.has_qdq and precision != "int8":
@@ -277,6 +297,24 @@ class BatchRange:
         if len(parts) == 3:
             return cls(*parts)
         raise EnginesInputError(f"--batch={text!r}: expected MAX or MIN,OPT,MAX integers")
+
+
+def check_dla_batch(dla_core: int | None, batch: BatchRange) -> None:
+    """Refuse a dynamic batch range for a DLA build.
+
+    DLA has no dynamic dimensions: the profile's min, opt and max must be equal and the engine
+    then runs at that one batch (TensorRT Developer Guide, "DLA Supported Layers and
+    Restrictions"). Layers that cannot run on DLA fall back to the GPU without an error ("GPU
+    Fallback Mode"), so a dynamic range would give a "DLA" engine that runs on the GPU.
+
+    Raises:
+        EnginesInputError: ``dla_core`` is set and ``batch`` is not one fixed size.
+    """
+    if dla_core is not None and not batch.min == batch.opt == batch.max:
+        raise EnginesInputError(
+            f"--dla-core={dla_core} with --batch {batch.min},{batch.opt},{batch.max}: DLA has no dynamic "
+            f"shapes; give one fixed batch, e.g. --batch {batch.max},{batch.max},{batch.max}"
+        )
 
 
 def profile_shapes(

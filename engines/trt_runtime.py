@@ -51,6 +51,29 @@ def check_batch(inputs: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int
     return sizes.pop()
 
 
+def pad_batch(inputs: Mapping[str, np.ndarray], min_batch: int) -> dict[str, np.ndarray]:
+    """Zero rows appended so that every input holds at least ``min_batch`` samples.
+
+    An engine runs only at batch sizes inside its optimization profile; one built with a larger
+    minimum (a DLA engine takes exactly one batch size) gets the short tail of a request padded,
+    and the caller drops the padded rows' results.
+
+    Args:
+        inputs: ``{name: (N, ...)}`` arrays with one batch size N.
+        min_batch: The profile's smallest batch, >= 1.
+
+    Returns:
+        The same arrays when N >= ``min_batch``, else C-contiguous copies of ``min_batch`` rows.
+    """
+    if min_batch < 1:
+        raise EnginesInputError(f"min_batch={min_batch}: must be >= 1")
+    out = {}
+    for name, arr in inputs.items():
+        short = min_batch - int(arr.shape[0])
+        out[name] = arr if short <= 0 else np.concatenate([arr, np.zeros((short, *arr.shape[1:]), arr.dtype)])
+    return out
+
+
 class TrtEngine:
     """A TensorRT engine for batched person/scene inference.
 
@@ -65,7 +88,7 @@ class TrtEngine:
     """
 
     def __init__(self, engine_path: str | Path, device: int = 0):
-        from engines.cuda_mem import DeviceBuffer, call, device_info, import_cudart
+        from engines.cuda_mem import call, device_info, import_cudart
         from engines.trt_build import import_tensorrt
 
         path = Path(engine_path)
@@ -80,7 +103,25 @@ class TrtEngine:
         check_compatible(self.sidecar, str(path), trt.__version__, gpu_name, cc)
         blob = path.read_bytes()
         check_engine_bytes(blob, self.sidecar, str(read_sidecar(path)["sha256"]), str(path))
+        self._buffers: dict[str, Any] = {}
+        self._stream: Any = None
+        try:
+            self._load(trt, blob, path)
+        except BaseException:
+            self.close()  # a load that fails half-way must not keep device memory or a stream
+            raise
+
+    def _load(self, trt: Any, blob: bytes, path: Path) -> None:
+        """Deserialize ``blob`` and allocate a stream and a device buffer for every I/O tensor."""
+        from engines.cuda_mem import DeviceBuffer, call
+
+        cudart = self._cudart
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        dla_core = self.sidecar.plan.get("dla_core")
+        if dla_core is not None:
+            # The runtime, not the engine file, picks the DLA core the engine runs on (Python API,
+            # `Runtime.DLA_core`); left unset, an engine built for core 1 would run on core 0.
+            self._runtime.DLA_core = int(dla_core)
         self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
             raise EngineMismatchError(
@@ -88,15 +129,25 @@ class TrtEngine:
             )
         self._context = self._engine.create_execution_context()
         self.max_batch = self.sidecar.max_batch
+        self.min_batch = self.sidecar.min_batch
         self._shapes = {n: tuple(v["opt"][1:]) for n, v in self.sidecar.inputs.items()}
         self._outputs = (self.meta.logits_output, self.meta.va_output)
+        # execute_async_v3 needs an address for every I/O tensor, so outputs the agent does not
+        # read get a buffer too.
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        engine_outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        missing = [n for n in self._outputs if n not in engine_outputs]
+        if missing:
+            raise EngineMismatchError(
+                f"{path}: engine has outputs {engine_outputs}, its metadata names {missing}; "
+                f"rebuild: {self.sidecar.rebuild}"
+            )
         self._stream = call(cudart, cudart.cudaStreamCreate())
-        self._buffers: dict[str, Any] = {}
         for name, shape in self._shapes.items():
             self._buffers[name] = DeviceBuffer(cudart, self.max_batch * int(np.prod(shape)) * 4)
-            self._context.set_input_shape(name, (self.max_batch, *shape))
+            self._set_input_shape(name, (self.max_batch, *shape))
         self._out_dtype = {}
-        for name in self._outputs:
+        for name in engine_outputs:
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
             shape = tuple(self._context.get_tensor_shape(name))
             self._out_dtype[name] = dtype
@@ -119,11 +170,21 @@ class TrtEngine:
         ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """Set one input's shape; TensorRT answers False (and runs nothing) for a shape outside the
+        engine's optimization profile."""
+        if not self._context.set_input_shape(name, shape):
+            raise EnginesInputError(
+                f"engine input {name!r}: shape {tuple(shape)} is outside the engine's profile "
+                f"(batch {self.min_batch}..{self.max_batch}, per sample {self._shapes[name]})"
+            )
+
     def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         from engines.cuda_mem import call
 
-        for name, arr in inputs.items():
-            self._context.set_input_shape(name, arr.shape)
+        n = int(next(iter(inputs.values())).shape[0])
+        for name, arr in pad_batch(inputs, self.min_batch).items():
+            self._set_input_shape(name, arr.shape)
             self._buffers[name].upload(arr, self._stream)
         for name, buf in self._buffers.items():
             self._context.set_tensor_address(name, buf.ptr)
@@ -135,7 +196,7 @@ class TrtEngine:
             self._buffers[name].download(host, self._stream)
             outs.append(host)
         call(self._cudart, self._cudart.cudaStreamSynchronize(self._stream))
-        return outs[0].astype(np.float32), outs[1].astype(np.float32)
+        return outs[0][:n].astype(np.float32), outs[1][:n].astype(np.float32)
 
     def close(self) -> None:
         """Free device memory and TensorRT objects; idempotent."""

@@ -59,6 +59,11 @@ class EngineSidecar:
     def max_batch(self) -> int:
         return min(int(v["max"][0]) for v in self.inputs.values())
 
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch every input's profile takes (1 unless built with a larger min, e.g. DLA)."""
+        return max(int(v["min"][0]) for v in self.inputs.values())
+
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
 

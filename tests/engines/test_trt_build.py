@@ -71,6 +71,12 @@ def test_rejects_bad_workspace(int8_onnx: Path, tmp_path: Path, kwargs: dict[str
         build_engine(int8_onnx, tmp_path / "m.engine", **kwargs)  # type: ignore[arg-type]
 
 
+def test_dla_with_a_dynamic_batch_is_refused_before_tensorrt(int8_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(EnginesInputError, match="DLA has no dynamic shapes"):
+        build_engine(int8_onnx, tmp_path / "m.engine", dla_core=0)  # default batch 1,8,16
+    assert not (tmp_path / "m.engine").exists()
+
+
 def test_missing_onnx(tmp_path: Path) -> None:
     with pytest.raises(EnginesInputError, match="is not a file"):
         build_engine(tmp_path / "none.onnx", tmp_path / "m.engine")

@@ -9,6 +9,7 @@ from engines.trt_plan import (
     BatchRange,
     OnnxPrecision,
     TrtVersion,
+    check_dla_batch,
     plan_build,
     precision_chain,
     profile_shapes,
@@ -71,14 +72,16 @@ def test_plan_refuses(
     ("version", "precision", "onnx", "dla", "calib", "net", "flags", "strong", "implicit"),
     [
         # Q/DQ INT8: weak typing before 10, strongly typed in 10 (flag) and 11 (always, no flag).
-        ("8.6", "int8", QDQ, None, False, (), ("INT8", "FP16"), False, False),
+        # Before 10 every network needs EXPLICIT_BATCH: the ONNX parser refuses implicit batch.
+        ("8.6", "int8", QDQ, None, False, ("EXPLICIT_BATCH",), ("INT8", "FP16"), False, False),
+        ("8.6", "int8", QDQ, 0, False, ("EXPLICIT_BATCH",), ("INT8", "FP16", "GPU_FALLBACK"), False, False),
         ("10.3", "int8", QDQ, None, False, ("STRONGLY_TYPED",), (), True, False),
         ("10.7", "int8", QDQ, None, False, ("STRONGLY_TYPED",), (), True, False),
         ("11.0", "int8", QDQ, None, False, (), (), True, False),
         # DLA has no FP32 path: weak typing with INT8 + FP16 and GPU fallback.
         ("10.3", "int8", QDQ, 0, False, (), ("INT8", "FP16", "GPU_FALLBACK"), False, False),
         # Legacy implicit calibration from an FP32 ONNX, only before 11.
-        ("8.6", "int8", FP32, None, True, (), ("INT8", "FP16"), False, True),
+        ("8.6", "int8", FP32, None, True, ("EXPLICIT_BATCH",), ("INT8", "FP16"), False, True),
         ("10.3", "int8", FP32, 1, True, (), ("INT8", "FP16", "GPU_FALLBACK"), False, True),
         # FP16: flag before 11; strongly typed from an FP16 ONNX on 10+.
         ("10.3", "fp16", FP32, None, False, (), ("FP16",), False, False),
@@ -86,7 +89,8 @@ def test_plan_refuses(
         ("11.0", "fp16", FP16, None, False, (), (), True, False),
         ("10.3", "fp16", FP16, 0, False, (), ("FP16", "GPU_FALLBACK"), False, False),
         # FP32.
-        ("9.3", "fp32", FP32, None, False, (), (), False, False),
+        ("9.3", "fp32", FP32, None, False, ("EXPLICIT_BATCH",), (), False, False),
+        ("8.6", "fp16", FP16, None, False, ("EXPLICIT_BATCH",), ("FP16",), False, False),
         ("10.3", "fp32", FP32, None, False, ("STRONGLY_TYPED",), (), True, False),
         ("11.1", "fp32", FP32, None, False, (), (), True, False),
     ],
@@ -143,6 +147,17 @@ def test_profile_shapes_prepend_batch() -> None:
         "person": ((1, 3, 64, 64), (8, 3, 64, 64), (16, 3, 64, 64)),
         "scene": ((1, 3, 96, 96), (8, 3, 96, 96), (16, 3, 96, 96)),
     }
+
+
+@pytest.mark.parametrize("batch", [BatchRange(1, 8, 16), BatchRange(1, 1, 1), BatchRange(8, 8, 8)])
+def test_gpu_builds_take_any_batch_range(batch: BatchRange) -> None:
+    check_dla_batch(None, batch)
+
+
+def test_dla_needs_one_fixed_batch() -> None:
+    check_dla_batch(0, BatchRange(8, 8, 8))
+    with pytest.raises(EnginesInputError, match=r"--dla-core=1 with --batch 1,8,16: .* --batch 16,16,16"):
+        check_dla_batch(1, BatchRange(1, 8, 16))
 
 
 @pytest.mark.parametrize("shape", [(), (3, 0, 64), (3, -1, 64)])

@@ -9,7 +9,7 @@ import pytest
 
 from calibration.viewset import ViewSet
 from engines.errors import EnginesInputError
-from engines.trt_runtime import batch_slices, check_batch
+from engines.trt_runtime import batch_slices, check_batch, pad_batch
 
 SHAPES = {"person": (3, 8, 8), "scene": (3, 16, 16)}
 
@@ -59,6 +59,25 @@ def test_check_batch_ok(n: int) -> None:
 def test_check_batch_rejects(request_: dict[str, np.ndarray], match: str) -> None:
     with pytest.raises(EnginesInputError, match=match):
         check_batch(request_, SHAPES)
+
+
+def test_pad_batch_fills_a_short_tail_with_zero_rows() -> None:
+    req = {k: v + 1 for k, v in _req(3).items()}
+    padded = pad_batch(req, 8)
+    for name, arr in padded.items():
+        assert arr.shape == (8, *SHAPES[name]) and arr.dtype == np.float32 and arr.flags.c_contiguous
+        assert np.array_equal(arr[:3], req[name]) and not arr[3:].any()
+
+
+@pytest.mark.parametrize("n", [4, 9])
+def test_pad_batch_leaves_full_batches_alone(n: int) -> None:
+    req = _req(n)
+    assert all(pad_batch(req, 4)[k] is v for k, v in req.items())
+
+
+def test_pad_batch_rejects_zero_min() -> None:
+    with pytest.raises(EnginesInputError, match="min_batch=0"):
+        pad_batch(_req(1), 0)
 
 
 @pytest.mark.gpu

@@ -50,6 +50,12 @@ def test_max_batch_is_smallest_profile_max() -> None:
     assert SIDECAR.max_batch == 12
 
 
+def test_min_batch_is_largest_profile_min() -> None:
+    assert SIDECAR.min_batch == 1
+    fixed = {n: {"min": [8, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [8, 3, 64, 64]} for n in SIDECAR.inputs}
+    assert replace(SIDECAR, inputs=fixed).min_batch == 8
+
+
 def test_rebuild_command() -> None:
     assert REBUILD == (
         "affectline engines build m-int8.onnx --out m.engine --precision int8 --batch 1,8,16 --no-verify"
