@@ -15,9 +15,11 @@ Supported ``source.type`` values (how each is opened is one entry of ``_OPENERS`
   10 fps (docs/reliability.md, Known limits).
 - ``usb``: a V4L2 device index (any backend off Linux), optional requested width/height.
 - ``gstreamer``: a pipeline string ending in ``appsink``; needs an OpenCV built with GStreamer (the
-  pip wheels are not; JetPack's is). Jetson example:
-  ``rtspsrc location=rtsp://cam/stream latency=200 ! rtph264depay ! h264parse ! nvv4l2decoder !
-  nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1``.
+  pip wheels are not; Ubuntu's ``python3-opencv`` is). Jetson example (``protocols=tcp`` as the
+  ``rtsp`` source does: RTP over UDP loses packets and tears frames):
+  ``rtspsrc location=rtsp://cam/stream latency=200 protocols=tcp ! rtph264depay ! h264parse !
+  nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR !
+  appsink drop=1``.
 
 Live sources (and realtime files) keep only the newest ``queue_size`` frames: when the consumer is
 slow the oldest queued frame is dropped and counted, so latency stays bounded. ``fps_cap`` skips
