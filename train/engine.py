@@ -6,6 +6,7 @@ The loops themselves live in ``main_pretrain`` / ``main_finetune``; everything b
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import random
@@ -45,6 +46,9 @@ class Runtime:
         return self.rank == 0
 
 
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+
+
 def setup_runtime(threads: int) -> Runtime:
     """Initialise torch threads and, under ``torchrun``, the process group (NCCL on GPU, gloo on CPU)."""
     torch.set_num_threads(threads)
@@ -57,7 +61,9 @@ def setup_runtime(threads: int) -> Runtime:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 validates alone (twice with EMA) while the others wait in the next collective; NCCL's
+        # default 10-minute timeout would abort them on a large validation set or a slow disk.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Runtime(device, rank, world)
 
 

@@ -53,22 +53,24 @@ def photometric(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> to
     Args:
         x: (N, 3, S, S) float images in [0, 1].
         cfg: Strengths.
-        gen: Random generator (seeded per step for reproducibility).
+        gen: CPU random generator (seeded per step for reproducibility). The draws are made on
+            the CPU and moved to ``x``'s device, so a GPU run draws the same numbers as a CPU run.
 
     Returns:
-        (N, 3, S, S) float in [0, 1].
+        (N, 3, S, S) float in [0, 1], on ``x``'s device.
     """
     n = x.shape[0]
 
     def factor(strength: float) -> torch.Tensor:
-        return 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * strength
+        # Moved: an (N, 1, 1, 1) CPU tensor cannot enter an op with a CUDA tensor (only 0-dim ones can).
+        return (1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * strength).to(x.device)
 
     grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = x * factor(cfg.brightness)
     x = (x - grey.mean(dim=(2, 3), keepdim=True)) * factor(cfg.contrast) + grey.mean(dim=(2, 3), keepdim=True)
     g = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - g) * factor(cfg.saturation) + g
-    to_grey = (torch.rand(n, 1, 1, 1, generator=gen) < cfg.grayscale).float()
+    to_grey = (torch.rand(n, 1, 1, 1, generator=gen) < cfg.grayscale).float().to(x.device)
     x = x * (1 - to_grey) + g.expand_as(x) * to_grey
     return random_erase(x.clamp(0, 1), cfg.erase, gen)
 

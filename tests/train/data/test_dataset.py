@@ -172,6 +172,15 @@ def test_photometric_keeps_range_and_shape() -> None:
     assert torch.equal(random_erase(x, 0.0, gen), x)
 
 
+def test_photometric_stays_on_the_device_of_its_input() -> None:
+    # The meta device stands in for CUDA: it too refuses an op that mixes its tensors with
+    # non-scalar CPU ones, as the per-sample factors drawn from the CPU generator are.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16).to("meta")
+    y = photometric(x, AugmentConfig(grayscale=0.5, erase=1.0), gen)
+    assert y.device == x.device and y.shape == x.shape
+
+
 def test_image_store_caches_small_images(tmp_path: Path) -> None:
     store = ImageStore()
     s = Sample(_img(tmp_path / "s.png", 20, 20))
