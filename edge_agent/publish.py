@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from edge_agent import __version__
 from edge_agent.broker import LOOPBACK, EmbeddedBroker
 from edge_agent.config import Mqtt
 from edge_agent.structures import CameraStatus, Detections, FrameResult
@@ -211,12 +212,20 @@ def state_payload(status: CameraStatus) -> dict[str, Any]:
 
 
 def discovery_payloads(prefix: str, agent_id: str, camera: str) -> dict[str, dict[str, Any]]:
-    """Home Assistant MQTT discovery configs (topic -> payload) for one camera's summary sensors."""
+    """Home Assistant MQTT discovery configs (topic -> payload) for one camera's summary sensors.
+
+    One single-component config per sensor at ``homeassistant/sensor/<unique_id>/config`` (Home
+    Assistant's best practice for entities with a ``unique_id``: object id = unique id, no node id).
+    """
     device = {
         "identifiers": [f"affectline_{agent_id}"],
         "name": f"Affectline {agent_id}",
         "model": "Affectline",
+        "sw_version": __version__,
     }
+    # Home Assistant recommends naming the origin of discovered entities: it logs it with every
+    # discovery or update, which tells a user which software (and version) created them.
+    origin = {"name": "Affectline", "sw_version": __version__}
     sensors = {
         "persons": ("persons", "{{ value_json.persons }}"),
         "valence": (None, "{{ value_json.valence }}"),
@@ -234,6 +243,7 @@ def discovery_payloads(prefix: str, agent_id: str, camera: str) -> dict[str, dic
             "availability_topic": topic(prefix, agent_id, "status"),
             "availability_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
             "device": device,
+            "origin": origin,
         }
         if key != "emotion":
             cfg["state_class"] = "measurement"

@@ -25,6 +25,7 @@ from edge_agent.publish import (
     Outbox,
     Publisher,
     SummaryWindow,
+    discovery_payloads,
     iso_ms,
     persons_payload,
     summary_payload,
@@ -115,6 +116,46 @@ def test_persons_payload_fits_schema_and_size(n: int) -> None:
     if n:
         assert body["persons"][0]["label"] is None  # label -1 = not reported yet
         assert all(0 <= x <= 1 for p in body["persons"] for x in p["box"])
+
+
+def test_discovery_configs_follow_home_assistant_rules() -> None:
+    """Topic format, templates against real summaries, and the sensor rules Home Assistant enforces.
+
+    https://www.home-assistant.io/integrations/mqtt/#discovery-messages and
+    https://www.home-assistant.io/integrations/sensor.mqtt/ (jinja2 stands in for HA's templates).
+    """
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    schema = json.loads((SCHEMAS / "summary.v1.json").read_text())["properties"]
+    envelope = {"v": 1, "ts": iso_ms(0), "seq": 0, "session": "0123abcd", "camera": "door-2"}
+    labelled, empty = SummaryWindow(len(CLASSES), 0.0), SummaryWindow(len(CLASSES), 0.0)
+    labelled.add(np.array([3, -1]), np.array([[0.5, -0.25], [0.0, 0.0]]), ["0000000a", "0000000b"])
+    summaries = [{**envelope, **summary_payload(w, CLASSES, 10.0)} for w in (labelled, empty)]
+    configs = discovery_payloads("plant/hall3", "line_1", "door-2")
+    assert len(configs) == 4
+    for t, cfg in configs.items():
+        # <discovery_prefix>/<component>/<object_id>/config, object id in [a-zA-Z0-9_-], = unique_id.
+        assert t == f"homeassistant/sensor/{cfg['unique_id']}/config"
+        assert all(c.isalnum() or c in "_-" for c in cfg["unique_id"])
+        assert cfg["state_topic"] == "plant/hall3/line_1/door-2/summary"
+        assert cfg["origin"]["name"] and cfg["origin"]["sw_version"]
+        field_name = cfg["value_template"].removeprefix("{{ value_json.").removesuffix(" }}")
+        assert field_name in schema  # the template reads a field the summary has
+        numeric = "number" in schema[field_name]["type"] or schema[field_name]["type"] == "integer"
+        # A state_class or unit makes HA expect a number; an enum sensor would need options.
+        assert ("state_class" in cfg or "unit_of_measurement" in cfg) == numeric
+        assert cfg.get("device_class") != "enum"
+        for summary in summaries:
+            state = env.from_string(cfg["value_template"]).render(value_json=summary)
+            if state == "None":  # a null field, which HA shows as `unknown`; never with a label
+                assert summary is summaries[1]
+            elif numeric:
+                float(state)  # raises for a non-numeric state, which HA rejects for these sensors
+            else:
+                assert state in CLASSES
+        avail = env.from_string(cfg["availability_template"])
+        for status, expected in (("online", "online"), ("offline", "offline"), ("stopped", "offline")):
+            assert avail.render(value_json={"state": status}) == expected
 
 
 @pytest.mark.parametrize(
@@ -428,6 +469,9 @@ def test_every_payload_matches_its_schema(
     # Home Assistant: one sensor per summary figure and camera, none per person.
     discovery = [m for m in msgs if m.topic.startswith("homeassistant/")]
     assert len(discovery) == 8 and all(m.json["state_topic"].endswith("/summary") for m in discovery)
+    # Retained, so Home Assistant finds them whenever it (re)subscribes, also after the agent stopped.
+    late = recorder(mosquitto.port, "homeassistant/#").wait(lambda m: len(m) == 8)
+    assert all(m.retain for m in late) and {m.topic for m in late} == {m.topic for m in discovery}
 
 
 @pytest.fixture
