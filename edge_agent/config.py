@@ -259,6 +259,12 @@ class Mqtt(Strict):
     reconnect_max_s: float = Field(30.0, gt=0, le=3600)
     aggregate_only: bool = False
     home_assistant: bool = False
+    home_assistant_prefix: str = Field(
+        "homeassistant",
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        max_length=64,
+        description="Home Assistant's discovery prefix (its MQTT integration setting)",
+    )
 
     @model_validator(mode="after")
     def _embedded(self) -> Mqtt:

@@ -211,11 +211,19 @@ def state_payload(status: CameraStatus) -> dict[str, Any]:
     }
 
 
-def discovery_payloads(prefix: str, agent_id: str, camera: str) -> dict[str, dict[str, Any]]:
+def discovery_payloads(
+    prefix: str, agent_id: str, camera: str, ha_prefix: str = HA_PREFIX
+) -> dict[str, dict[str, Any]]:
     """Home Assistant MQTT discovery configs (topic -> payload) for one camera's summary sensors.
 
-    One single-component config per sensor at ``homeassistant/sensor/<unique_id>/config`` (Home
+    One single-component config per sensor at ``<ha_prefix>/sensor/<unique_id>/config`` (Home
     Assistant's best practice for entities with a ``unique_id``: object id = unique id, no node id).
+
+    Args:
+        prefix: The agent's own topic prefix (``mqtt.prefix``), for the state and availability topics.
+        agent_id: The agent's id.
+        camera: The camera's name.
+        ha_prefix: Home Assistant's discovery prefix (``mqtt.home_assistant_prefix``).
     """
     device = {
         "identifiers": [f"affectline_{agent_id}"],
@@ -249,7 +257,7 @@ def discovery_payloads(prefix: str, agent_id: str, camera: str) -> dict[str, dic
             cfg["state_class"] = "measurement"
         if unit:
             cfg["unit_of_measurement"] = unit
-        out[f"{HA_PREFIX}/sensor/{uid}/config"] = cfg
+        out[f"{ha_prefix}/sensor/{uid}/config"] = cfg
     return out
 
 
@@ -659,7 +667,9 @@ class Publisher:
             retained += [
                 Message("discovery", t, json.dumps(p, separators=(",", ":")).encode(), 1, True)
                 for c in self._cams
-                for t, p in discovery_payloads(self.cfg.prefix, self.agent_id, c).items()
+                for t, p in discovery_payloads(
+                    self.cfg.prefix, self.agent_id, c, self.cfg.home_assistant_prefix
+                ).items()
             ]
         retained.append(self._status_message("online", self._status_seq))
         self._status_seq += 2

@@ -71,6 +71,9 @@ def test_shipped_config_is_valid() -> None:
         ("mqtt.port", 70000, "mqtt.port: value 70000"),
         ("mqtt", {"host": "broker", "port": 0}, "port 0"),
         ("mqtt.tls", {"certfile": "a.pem"}, "certfile and keyfile must be given together"),
+        ("mqtt.home_assistant_prefix", "", "mqtt.home_assistant_prefix: value ''"),
+        ("mqtt.home_assistant_prefix", "ha/+", "mqtt.home_assistant_prefix: value 'ha/+'"),
+        ("mqtt.home_assistant_prefix", "ha/", "mqtt.home_assistant_prefix: value 'ha/'"),
         ("detectoin", {}, "detectoin: value {...}: Extra inputs are not permitted"),
     ],
 )

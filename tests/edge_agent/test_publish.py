@@ -474,6 +474,17 @@ def test_every_payload_matches_its_schema(
     assert all(m.retain for m in late) and {m.topic for m in late} == {m.topic for m in discovery}
 
 
+def test_discovery_goes_to_the_configured_home_assistant_prefix(
+    mosquitto: Mosquitto, publisher: Any, recorder: Callable[..., Recorder]
+) -> None:
+    rec = recorder(mosquitto.port, "site3/ha/#")
+    pub = publisher(mosquitto.port, ("door",), home_assistant=True, home_assistant_prefix="site3/ha")
+    wait_until(lambda: pub.connected)
+    msgs = rec.wait(lambda m: len(m) == 4)
+    assert {m.topic.split("/")[:3] == ["site3", "ha", "sensor"] for m in msgs} == {True}
+    assert all(m.json["state_topic"].endswith("/door/summary") for m in msgs)
+
+
 @pytest.fixture
 def auth_broker(mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path) -> Mosquitto:
     """mosquitto with a password file (agent, watcher) and an ACL: agent may write only its prefix."""
