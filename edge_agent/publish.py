@@ -38,7 +38,6 @@ SCHEMA_VERSION = 1
 CAMERA_TOPICS = ("persons", "events", "summary", "state")
 AGENT_TOPICS = ("status", "stats")
 KINDS = (*AGENT_TOPICS, *CAMERA_TOPICS, "discovery")
-HA_PREFIX = "homeassistant"
 # Unacknowledged QoS 1 messages handed to paho at once; the rest wait in our bounded outbox.
 MAX_INFLIGHT = 20
 # QoS 0 messages waiting for the network thread (a few seconds of persons for a few cameras).
@@ -211,9 +210,7 @@ def state_payload(status: CameraStatus) -> dict[str, Any]:
     }
 
 
-def discovery_payloads(
-    prefix: str, agent_id: str, camera: str, ha_prefix: str = HA_PREFIX
-) -> dict[str, dict[str, Any]]:
+def discovery_payloads(prefix: str, agent_id: str, camera: str, ha_prefix: str) -> dict[str, dict[str, Any]]:
     """Home Assistant MQTT discovery configs (topic -> payload) for one camera's summary sensors.
 
     One single-component config per sensor at ``<ha_prefix>/sensor/<unique_id>/config`` (Home
