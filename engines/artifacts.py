@@ -31,6 +31,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def load_onnx(path: str | Path) -> Any:
+    """The ``onnx.ModelProto`` of a file, without external weight data.
+
+    Raises:
+        EnginesInputError: the file cannot be read or parsed as ONNX.
+    """
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX file"
+        raise EnginesInputError(f"{path}: not a readable ONNX file ({exc})") from None
+
+
 def sidecar_path(artifact: str | Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     artifact = Path(artifact)

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from calibration.viewset import ViewSet, file_hash
-from engines.artifacts import read_sidecar, sha256_file, sidecar_path, write_sidecar
+from engines.artifacts import load_onnx, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from engines.errors import EnginesInputError, TensorRTUnavailable, VerificationError
 from engines.trt_plan import (
     BatchRange,
@@ -67,10 +67,7 @@ def inspect_onnx(
     """
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ...: all mean "not an ONNX file"
-        raise EnginesInputError(f"{path}: not a readable ONNX file ({exc})") from None
+    model = load_onnx(path)
     ops = {n.op_type for n in model.graph.node}
     fp16 = onnx.TensorProto.FLOAT16
     has_fp16 = any(i.data_type == fp16 for i in model.graph.initializer) or any(

@@ -17,7 +17,7 @@ import numpy as np
 
 from calibration.viewset import ViewSet
 from edge_agent.modelmeta import ModelMeta
-from engines.artifacts import read_sidecar, sidecar_path
+from engines.artifacts import load_onnx, read_sidecar, sidecar_path
 from engines.errors import EnginesInputError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -184,13 +184,11 @@ def read_meta(path: str | Path) -> ModelMeta:
     """Model metadata of an ``.onnx`` (metadata_props), ``.engine`` (sidecar) or ``.pt`` (checkpoint).
 
     Raises:
-        EnginesInputError: unknown suffix or missing file.
+        EnginesInputError: unknown suffix, missing file, or an unreadable ONNX file.
     """
     path = _model_file(path)
     if path.suffix == ".onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = {p.key: p.value for p in load_onnx(path).metadata_props}
         return ModelMeta.from_props(props, source=str(path))
     if path.suffix in ENGINE_SUFFIXES:
         from engines.trt_sidecar import EngineSidecar

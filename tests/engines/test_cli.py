@@ -111,6 +111,16 @@ def test_calibrate_from_datasets(
             EXIT_BAD_INPUT,
             "none.onnx is not a file",
         ),
+        (
+            ["engines", "verify", "{garbage}", "--samples", "{eval}"],
+            EXIT_BAD_INPUT,
+            "garbage.onnx: not a readable ONNX file",
+        ),
+        (
+            ["engines", "quantize", "{garbage}", "--calibration", "{eval}", "--out", "{tmp}/q.onnx"],
+            EXIT_BAD_INPUT,
+            "garbage.onnx: not a readable ONNX file",
+        ),
     ],
 )
 def test_errors_are_one_line(
@@ -123,7 +133,10 @@ def test_errors_are_one_line(
     message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff\xff\xff\xff")  # wire type 7 does not exist: never parses as protobuf
     subs = {
+        "{garbage}": str(garbage),
         "{ckpt}": str(checkpoint),
         "{onnx}": str(fp32_onnx),
         "{eval}": str(eval_npz),
