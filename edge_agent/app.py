@@ -7,6 +7,10 @@ sources end, a time limit passes or SIGINT/SIGTERM arrives, then stop everything
 SIGINT/SIGTERM only set a stop event (`edge_agent.shutdown`); ``affectline run`` installs the
 handlers before it loads anything, and every start-up step checks the event, so a signal during
 model load, broker connect or camera open ends the run cleanly (exit 0) too.
+
+A run that ends by itself (its files ended) or at ``--max-seconds`` exits 1 when a camera delivered no
+frame at all (a missing or unreadable file, an RTSP camera that never connected), after the other
+cameras did their work, as ``cp`` does with a missing source. A run stopped by a signal exits 0.
 """
 
 from __future__ import annotations
@@ -126,14 +130,19 @@ class AffectlineApp:
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         self.last_results: dict[str, FrameResult] = {}
+        self.silent_cameras: list[CameraStatus] = []  # cameras that delivered no frame, as they ended
 
     # ------------------------------------------------------------------ table of contents
     def start(self) -> int:
-        """Run until the sources end, the time limit passes or a signal arrives; returns 0.
+        """Run until the sources end, the time limit passes or a signal arrives.
 
         A stop requested before or during start-up skips the steps not yet taken (the run loop
         included); `stop` then closes what did start, so a publisher that got online still says
         ``stopped``.
+
+        Returns:
+            0, or 1 when the run was not stopped by a signal and a camera delivered no frame
+            (`silent_cameras` names them).
         """
         saved = saved_handlers()
         self.install_signal_handlers()
@@ -149,10 +158,13 @@ class AffectlineApp:
                     log.info("stop requested during start-up: not starting %s or what follows it", what)
                     break
                 step()
+            # Before `stop`: closing a camera replaces its last state ("file not found") by "closed".
+            ended = [src.status() for src in self.sources.values()]
+            self.silent_cameras = [status for status in ended if not status.frames]
         finally:
             self.stop()
             restore_handlers(saved)
-        return 0
+        return 1 if self.silent_cameras and not self.stop_event.is_set() else 0
 
     def init_sources(self) -> None:
         for cam in self.cfg.cameras:
@@ -310,6 +322,8 @@ def print_summary(app: AffectlineApp) -> None:
         f"p99 {stats['latency_ms_p99']} ms, loop errors {stats['loop_errors']}"
     )
     print(f"mqtt: {app.publisher.counters()}")
+    for status in app.silent_cameras:
+        print(f"no frame: {status.detail} ({status.state})")  # the detail names the camera
     if app.preview:
         for cam, path in sorted(app.preview.paths.items()):
             print(f"annotated video ({cam}): {path}")
@@ -347,4 +361,7 @@ def cli_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(app)
+    if code:
+        names = ", ".join(s.camera for s in app.silent_cameras)
+        print(f"error: no frame from camera(s) {names} (see the summary above)", file=sys.stderr)
     return code

@@ -97,23 +97,48 @@ def test_clip_to_subscriber(tmp_path: Path, mosquitto, recorder, single_face_cli
     assert "1 person track(s)" in out
 
 
-def test_bad_camera_does_not_stop_the_others(
+def test_bad_camera_does_not_stop_the_others_but_fails_the_run(
     tmp_path: Path, mosquitto, recorder, single_face_clip: Path
 ) -> None:
+    """The good camera does all its work; the run then exits 1 and names the camera (as `cp` does)."""
     rec = recorder(mosquitto.port, "affectline/e2e/#")
+    missing = tmp_path / "missing.mp4"
     cameras = [
         {"name": "good", "source": {"type": "file", "path": str(single_face_clip)}},
-        {"name": "gone", "source": {"type": "file", "path": str(tmp_path / "missing.mp4")}},
+        {"name": "gone", "source": {"type": "file", "path": str(missing)}},
     ]
     proc = agent(write_config(tmp_path, mosquitto.port, cameras))
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "Traceback" not in err
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "error: no frame from camera(s) gone (see the summary above)" in err
+    assert f"no frame: camera gone: file not found: {missing} (offline)" in out
+    assert "no frame: camera good" not in out
     msgs = rec.wait(
         lambda m: any(x.topic.endswith("/status") and x.json["state"] == "stopped" for x in m), 10
     )
     gone = [m.json for m in msgs if m.topic.endswith("/gone/state")]
     assert any(s["state"] == "offline" and "missing.mp4" in s["detail"] for s in gone)
     assert frames_in(tmp_path / "good.mp4") == 72
+
+
+def test_a_signal_stop_exits_0_even_with_a_camera_that_never_opened(
+    tmp_path: Path, mosquitto, recorder, single_face_clip: Path
+) -> None:
+    """The operator stopped the run: that is not the failure of a camera it was still waiting for."""
+    rec = recorder(mosquitto.port, "affectline/e2e/#")
+    cameras = [
+        {
+            "name": "cam",
+            "source": {"type": "file", "path": str(single_face_clip), "loop": True, "realtime": True},
+        },
+        {"name": "gone", "source": {"type": "file", "path": str(tmp_path / "missing.mp4")}},
+    ]
+    proc = agent(write_config(tmp_path, mosquitto.port, cameras))
+    rec.wait(lambda m: any(x.topic.endswith("/cam/persons") for x in m), 60)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err and "error:" not in err, err
+    assert "no frame: camera gone: file not found:" in out
 
 
 def test_sigterm_stops_cleanly(tmp_path: Path, mosquitto, recorder, single_face_clip: Path) -> None:
