@@ -210,6 +210,21 @@ def state_payload(status: CameraStatus) -> dict[str, Any]:
     }
 
 
+def ha_unique_id(agent_id: str, camera: str, figure: str) -> str:
+    """The Home Assistant ``unique_id`` (and object id) of one camera's summary sensor.
+
+    ``affectline_{agent_id}_{camera}_{figure}`` while the agent id has no ``_``: the first ``_``
+    after ``affectline_`` then ends the agent id, so no two agents share an id. An agent id with
+    ``_`` would make ``line_1``/``door`` and ``line``/``1_door`` meet in one entity, so such ids get
+    ``affectline__{len(agent_id)}_{agent_id}_{camera}_{figure}``: the empty first part cannot be an
+    agent id (ids are 1-64 characters) and the length ends the agent id. The figures contain no
+    ``_``, so the camera is what lies between. Ids already in Home Assistant keep their form.
+    """
+    if "_" in agent_id:
+        return f"affectline__{len(agent_id)}_{agent_id}_{camera}_{figure}"
+    return f"affectline_{agent_id}_{camera}_{figure}"
+
+
 def discovery_payloads(prefix: str, agent_id: str, camera: str, ha_prefix: str) -> dict[str, dict[str, Any]]:
     """Home Assistant MQTT discovery configs (topic -> payload) for one camera's summary sensors.
 
@@ -239,7 +254,7 @@ def discovery_payloads(prefix: str, agent_id: str, camera: str, ha_prefix: str) 
     }
     out = {}
     for key, (unit, template) in sensors.items():
-        uid = f"affectline_{agent_id}_{camera}_{key}"
+        uid = ha_unique_id(agent_id, camera, key)
         cfg: dict[str, Any] = {
             "name": f"{camera} {key}",
             "unique_id": uid,

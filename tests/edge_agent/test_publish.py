@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_agent.config import Mqtt, Tls, parse_config
 from edge_agent.publish import (
@@ -26,6 +28,7 @@ from edge_agent.publish import (
     Publisher,
     SummaryWindow,
     discovery_payloads,
+    ha_unique_id,
     iso_ms,
     persons_payload,
     summary_payload,
@@ -156,6 +159,44 @@ def test_discovery_configs_follow_home_assistant_rules() -> None:
         avail = env.from_string(cfg["availability_template"])
         for status, expected in (("online", "online"), ("offline", "offline"), ("stopped", "offline")):
             assert avail.render(value_json={"state": status}) == expected
+
+
+def _split_unique_id(uid: str) -> tuple[str, str, str]:
+    """The inverse of `ha_unique_id`: that it exists is what makes the ids collision-free."""
+    rest = uid.removeprefix("affectline_")
+    if rest.startswith("_"):
+        length, rest = rest[1:].split("_", 1)
+        agent, rest = rest[: int(length)], rest[int(length) + 1 :]
+    else:
+        agent, rest = rest.split("_", 1)
+    camera, figure = rest.rsplit("_", 1)
+    return agent, camera, figure
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "camera", "expected"),
+    [
+        ("a", "b", "affectline_a_b_persons"),  # shortest names
+        ("line1-agent", "entrance", "affectline_line1-agent_entrance_persons"),  # no _: form kept
+        ("line", "1_door", "affectline_line_1_door_persons"),
+        ("line_1", "door", "affectline__6_line_1_door_persons"),  # met the row above before
+        ("6", "line_1_door", "affectline_6_line_1_door_persons"),  # a digit-only id cannot fake a length
+        ("_", "_", "affectline__1_____persons"),
+    ],
+)
+def test_ha_unique_id(agent_id: str, camera: str, expected: str) -> None:
+    assert ha_unique_id(agent_id, camera, "persons") == expected
+    assert _split_unique_id(expected) == (agent_id, camera, "persons")
+
+
+NAMES = st.text(alphabet="ab1_-", min_size=1, max_size=64)  # the config's name rule, few letters
+
+
+@given(agent_id=NAMES, camera=NAMES, figure=st.sampled_from(["persons", "valence", "arousal", "emotion"]))
+def test_ha_unique_ids_never_collide(agent_id: str, camera: str, figure: str) -> None:
+    uid = ha_unique_id(agent_id, camera, figure)
+    assert _split_unique_id(uid) == (agent_id, camera, figure)
+    assert all(c.isalnum() or c in "_-" for c in uid)  # Home Assistant's object id rule
 
 
 @pytest.mark.parametrize(
