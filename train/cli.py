@@ -130,6 +130,7 @@ def _evaluate_spec(
     if cls:
         line += f" acc={cls['accuracy']:.4f} macro_f1={cls['macro_f1']:.4f}"
         line += f" (of {cls['n']} labelled)" if cls["n"] != result.report["n_samples"] else ""
+        line += f" ece={result.report['calibration']['ece']:.4f}"
     if va:
         line += f" valence_mae={va['valence_mae']:.3f} arousal_mae={va['arousal_mae']:.3f}"
     return f"{line} -> {path}"

@@ -27,7 +27,7 @@ from edge_agent.views import ViewGeometry
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES, Sample
 from train.engine import normalise
-from train.metrics import classification_report, va_report
+from train.metrics import calibration_report, classification_report, va_report
 
 Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -357,6 +357,7 @@ def evaluate(
     report: dict[str, Any] = {"n_samples": len(lab), "n_skipped": len(skipped)}
     if (lab >= 0).any():
         report["classification"] = classification_report(lab, prob.argmax(1), classes)
+        report["calibration"] = calibration_report(lab, prob)
     mask = np.array(has_va)
     if mask.any():
         report["valence_arousal"] = va_report(va[mask], np.stack(va_t)[mask])

@@ -56,3 +56,63 @@ def va_report(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
             float(np.corrcoef(pred[:, i], target[:, i])[0, 1]) if sp > 0 and st > 0 else 0.0
         )
     return out
+
+
+def calibration_report(labels: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """How far the top-1 probability is from the chance of being right (Guo et al., ICML 2017).
+
+    The agent publishes the distribution and ``max(probs)`` as its confidence, so a user reads
+    0.8 as "right 8 times in 10". Expected calibration error over ``n_bins`` equal-width bins of
+    the top-1 probability, ``ECE = sum_b n_b / N * |accuracy_b - confidence_b|``, its worst bin
+    (MCE), the negative log-likelihood and the Brier score of the true (majority) label.
+
+    Args:
+        labels: (N,) true class indices, -1 = unlabelled (ignored).
+        prob: (N, C) class probabilities, rows summing to 1.
+        n_bins: Number of confidence bins (>= 1).
+
+    Raises:
+        ValueError: ``n_bins`` < 1, or ``prob`` is not (N, C) for the N labels.
+    """
+    labels, prob = np.asarray(labels), np.asarray(prob, np.float64)
+    if n_bins < 1:
+        raise ValueError(f"n_bins={n_bins}: must be >= 1")
+    if prob.ndim != 2 or len(prob) != len(labels):
+        raise ValueError(f"prob shape {prob.shape}: must be (N, C) for N={len(labels)} labels")
+    keep = labels >= 0
+    labels, prob = labels[keep], prob[keep]
+    n = len(labels)
+    if not n:
+        nan = float("nan")
+        return {"n": 0, "ece": nan, "mce": nan, "nll": nan, "brier": nan, "mean_confidence": nan, "bins": []}
+    conf = prob.max(1)
+    correct = prob.argmax(1) == labels
+    # Bin b holds (b/B, (b+1)/B]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins, ece, mce = [], 0.0, 0.0
+    for b in range(n_bins):
+        member = index == b
+        if not member.any():
+            continue
+        gap = abs(float(correct[member].mean()) - float(conf[member].mean()))
+        ece += member.sum() / n * gap
+        mce = max(mce, gap)
+        bins.append(
+            {
+                "lo": b / n_bins,
+                "hi": (b + 1) / n_bins,
+                "n": int(member.sum()),
+                "confidence": float(conf[member].mean()),
+                "accuracy": float(correct[member].mean()),
+            }
+        )
+    onehot = np.eye(prob.shape[1])[labels]
+    return {
+        "n": n,
+        "ece": float(ece),
+        "mce": float(mce),
+        "nll": float(-np.log(np.clip(prob[np.arange(n), labels], 1e-12, None)).mean()),
+        "brier": float(((prob - onehot) ** 2).sum(1).mean()),
+        "mean_confidence": float(conf.mean()),
+        "bins": bins,
+    }

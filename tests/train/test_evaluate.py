@@ -11,7 +11,7 @@ import pytest
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
 from train.data.records import CLASSES, Sample
 from train.evaluate import confusion_png, evaluate, mirror_averaged, write_report
-from train.metrics import classification_report, confusion, va_report
+from train.metrics import calibration_report, classification_report, confusion, va_report
 
 
 def test_confusion_ignores_unlabelled() -> None:
@@ -31,6 +31,43 @@ def test_classification_report(labels: list[int], preds: list[int], acc: float, 
     r = classification_report(np.array(labels, int), np.array(preds, int), ("a", "b", "c"))
     assert (np.isnan(r["accuracy"]) and np.isnan(acc)) or r["accuracy"] == pytest.approx(acc)
     assert (np.isnan(r["macro_f1"]) and np.isnan(f1)) or r["macro_f1"] == pytest.approx(f1)
+
+
+def _probs(top: list[float], pred: list[int], c: int = 3) -> np.ndarray:
+    """Rows with probability ``top`` on class ``pred`` and the rest spread evenly."""
+    p = np.tile(((1 - np.array(top)) / (c - 1))[:, None], (1, c))
+    p[np.arange(len(top)), pred] = top
+    return p
+
+
+@pytest.mark.parametrize(
+    ("labels", "top", "pred", "ece", "mce"),
+    [
+        ([-1], [0.9], [0], float("nan"), float("nan")),  # nothing labelled
+        ([0, 0, 0, 0], [1.0, 1.0, 1.0, 1.0], [0, 0, 1, 1], 0.5, 0.5),  # certain, right half the time
+        ([0] * 10, [0.8] * 10, [0] * 8 + [1] * 2, 0.0, 0.0),  # 0.8 and right 8 in 10: calibrated
+        ([0, 0, -1], [0.6, 0.6, 1.0], [0, 0, 1], 0.4, 0.4),  # under-confident; the unlabelled row ignored
+        # two bins: 0.4 right 1 in 2 (gap 0.1), 0.9 right 2 in 2 (gap 0.1)
+        ([0, 0, 1, 1], [0.4, 0.4, 0.9, 0.9], [0, 1, 1, 1], 0.1, 0.1),
+    ],
+)
+def test_calibration_report(
+    labels: list[int], top: list[float], pred: list[int], ece: float, mce: float
+) -> None:
+    r = calibration_report(np.array(labels), _probs(top, pred))
+    assert (np.isnan(r["ece"]) and np.isnan(ece)) or r["ece"] == pytest.approx(ece)
+    assert (np.isnan(r["mce"]) and np.isnan(mce)) or r["mce"] == pytest.approx(mce)
+    assert sum(b["n"] for b in r["bins"]) == r["n"]
+
+
+def test_calibration_report_nll_brier_and_bad_arguments() -> None:
+    r = calibration_report(np.array([0, 1]), np.array([[0.5, 0.5], [0.0, 1.0]]))
+    assert r["nll"] == pytest.approx(np.log(2) / 2) and r["brier"] == pytest.approx(0.25)
+    assert [b["lo"] for b in r["bins"]] == pytest.approx([7 / 15, 14 / 15])  # upper edges inclusive
+    with pytest.raises(ValueError, match="n_bins=0"):
+        calibration_report(np.array([0]), np.array([[1.0]]), n_bins=0)
+    with pytest.raises(ValueError, match=r"prob shape \(3,\)"):
+        calibration_report(np.array([0]), np.array([1.0, 0.0, 0.0]))
 
 
 def test_va_report() -> None:
@@ -58,6 +95,7 @@ def test_evaluate_with_any_predictor(tmp_path: Path) -> None:
     assert result.report["n_samples"] == 4 and len(result.skipped) == 1
     assert cls["accuracy"] == 0.75 and cls["per_class_recall"]["sad"] == pytest.approx(2 / 3)
     assert result.report["valence_arousal"]["valence_mae"] < 0.05
+    assert result.report["calibration"]["ece"] == pytest.approx(0.25)  # certain, right 3 in 4
     path = write_report(result, tmp_path / "out", "t", CLASSES, {"data": "x"})
     assert path.exists() and (tmp_path / "out" / "t_confusion.png").exists()
 
