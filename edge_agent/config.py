@@ -169,7 +169,7 @@ class Tracking(Strict):
 class OnnxRuntimeBackend(Strict):
     type: Literal["onnxruntime"]
     model: str = Field(
-        "default-int8-cpu", description="path, or 'default' / 'default-int8' / 'default-int8-cpu'"
+        "auto", description="path, or 'auto' / 'default' / 'default-int8' / 'default-int8-cpu'"
     )
     threads: int = Field(1, ge=1, le=64)
 

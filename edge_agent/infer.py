@@ -13,18 +13,23 @@ the smoother does not count it twice.
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
+from edge_agent.cpu import cpu_flags, int8_kernel
 from edge_agent.modelmeta import ModelContractError, ModelMeta
 from edge_agent.smooth import SHARPNESS_SIDE, observation_quality
 from edge_agent.structures import FrameResult
 from edge_agent.views import crop_square, square_boxes
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +38,15 @@ BUILTIN_MODELS = {
     "default": MODELS_DIR / "affectline-default.onnx",
     # Portable Q/DQ: signed activations, the source for TensorRT engines; slower than FP32 on x86.
     "default-int8": MODELS_DIR / "affectline-default-int8.onnx",
-    # Unsigned activations with zero points: ONNX Runtime fuses it fully, the fastest on CPU.
+    # Unsigned activations with zero points: ONNX Runtime fuses it fully, the fastest on CPUs
+    # with fast INT8 kernels.
     "default-int8-cpu": MODELS_DIR / "affectline-default-int8-cpu.onnx",
 }
+# ``model: auto`` picks the CPU INT8 file where ONNX Runtime's INT8 kernels are fast, FP32
+# elsewhere: on an x86 CPU without VNNI the exact INT8 kernels (`ort_session_options`) made the
+# CPU INT8 file slower than FP32 (docs/benchmarks.md, "INT8 on CPUs without VNNI").
+AUTO_MODEL = "auto"
+FAST_INT8_KERNELS = ("x86 VNNI", "arm64 dot product")
 
 
 class ModelLoadError(RuntimeError):
@@ -61,8 +72,45 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def ort_session_options(threads: int) -> ort.SessionOptions:
+    """ONNX Runtime CPU session options for Affectline models (the agent, verification, benchmarks).
+
+    ``session.x64quantprecision``: on x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512F only) ONNX Runtime
+    multiplies INT8 weights by unsigned activations with VPMADDUBSW, whose 16-bit pair sums
+    saturate for 8-bit weights; the option runs those layers on an exact U8U8 kernel instead. With
+    it an INT8 file gives the same answers on every CPU: without it the shipped CPU INT8 file read
+    79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC (docs/benchmarks.md, "INT8 on CPUs
+    without VNNI"). It changes nothing on VNNI or ARM CPUs, or for FP32 files.
+
+    Args:
+        threads: Intra-op threads.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return opts
+
+
+def auto_model(kernel: str) -> str:
+    """The built-in model ``auto`` stands for on a CPU with this `int8_kernel`."""
+    return "default-int8-cpu" if kernel in FAST_INT8_KERNELS else "default"
+
+
 def resolve_model_path(model: str) -> Path:
-    """Map the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
+    """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
+    if model in (AUTO_MODEL, "default-int8", "default-int8-cpu"):
+        kernel = int8_kernel(platform.machine(), cpu_flags())
+        if model == AUTO_MODEL:
+            model = auto_model(kernel)
+            log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
+        elif kernel not in FAST_INT8_KERNELS:
+            log.warning(
+                "model %s on a CPU with %s INT8 kernels: 'auto' or 'default' may be faster", model, kernel
+            )
     path = BUILTIN_MODELS.get(model, Path(model)).expanduser()
     if not path.is_file():
         hint = " (the shipped default model is missing from this install)" if model in BUILTIN_MODELS else ""
@@ -77,12 +125,10 @@ class OrtBackend:
         import onnxruntime as ort
 
         path = resolve_model_path(cfg.model)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), ort_session_options(cfg.threads), providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
             raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from None
         props = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -92,6 +138,7 @@ class OrtBackend:
             raise ModelLoadError(str(exc)) from None
         self._check_io(path)
         self.path = path
+        log.info("ONNX Runtime CPU, %d thread(s): %s", cfg.threads, path)
 
     def _check_io(self, path: Path) -> None:
         """Refuse a model whose inputs/outputs do not match its own metadata."""

@@ -3,7 +3,7 @@
 The soak runs what ``affectline run`` runs (`edge_agent.app.AffectlineApp`): one capture thread
 per clip (`edge_agent.sources.Source`, ``loop: true``, ``realtime: true``, so frames come at the
 clip's rate and the oldest is dropped when the pipeline is slower), the configured model
-(``default-int8-cpu`` unless the config names another), detector, tracker and smoother, the publisher
+(``auto`` unless the config names another), detector, tracker and smoother, the publisher
 (to the configured broker, or the embedded one) and the preview writer, console and metrics
 endpoint when the config enables them. Only the cameras are replaced: one per clip, with the
 first configured camera's ``fps_cap``, ``queue_size``, ``roi`` and ``reconnect`` settings.

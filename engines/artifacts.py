@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cpu import cpu_flags, int8_kernel
 from engines.errors import EnginesInputError
 
 _CHUNK = 1 << 20
@@ -113,7 +114,12 @@ def tool_versions() -> dict[str, str]:
 
     Only already-imported modules are listed, so writing a sidecar never drags in torch.
     """
-    out = {"python": platform.python_version(), "machine": platform.machine()}
+    out = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        # INT8 results are the same on every CPU (`ort_session_options`), INT8 speed is not.
+        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),
+    }
     for name in ("numpy", "onnx", "onnxruntime", "torch", "tensorrt"):
         module = sys.modules.get(name)
         if module is not None:

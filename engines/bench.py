@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from calibration.viewset import ViewSet
+from edge_agent.infer import ort_session_options
 from engines.errors import EnginesInputError
 
 
@@ -48,10 +49,10 @@ def measure_latency(
 
     if not 1 <= batch <= len(views):
         raise EnginesInputError(f"batch={batch}: must be in [1, {len(views)}] (samples available)")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    # The agent's own options: a latency measured without them would not be the agent's.
+    sess = ort.InferenceSession(
+        str(onnx_path), ort_session_options(threads), providers=["CPUExecutionProvider"]
+    )
     feed = {k: np.ascontiguousarray(v[:batch]) for k, v in views.inputs.items()}
     for _ in range(warmup):
         sess.run(None, feed)

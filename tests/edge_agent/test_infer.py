@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config import Inference, OnnxRuntimeBackend
+from edge_agent.cpu import cpu_flags, int8_kernel
 from edge_agent.detect import BlazeFace
 from edge_agent.infer import (
     BUILTIN_MODELS,
@@ -21,8 +25,11 @@ from edge_agent.infer import (
     ModelLoadError,
     OrtBackend,
     Preprocessor,
+    auto_model,
     mirrored,
+    ort_session_options,
     predict,
+    resolve_model_path,
     softmax,
 )
 from edge_agent.structures import Detections, Frame, FrameResult
@@ -306,3 +313,72 @@ def test_shipped_int8_models_agree_with_fp32_on_real_faces(name: str, single_fac
     assert len(batch[fp32.meta.inputs[0].name]) >= 20  # the face is visible in nearly every frame
     agree = (fp32.run(batch)[0].argmax(1) == int8.run(batch)[0].argmax(1)).mean()
     assert agree >= 0.75, f"{name}: top-1 agreement with FP32 {agree:.2f}"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "model"),
+    [
+        ("unknown CPU (not measured)", "default"),
+        ("x86 without VNNI", "default"),
+        ("arm64 without dot product", "default"),
+        ("x86 VNNI", "default-int8-cpu"),
+        ("arm64 dot product", "default-int8-cpu"),
+    ],
+)
+def test_auto_model_follows_the_int8_kernels(kernel: str, model: str) -> None:
+    assert auto_model(kernel) == model
+
+
+def test_auto_resolves_to_the_file_for_this_cpu() -> None:
+    expected = auto_model(int8_kernel(platform.machine(), cpu_flags()))
+    if not BUILTIN_MODELS[expected].is_file():
+        pytest.skip(f"{expected} is not in this install")
+    assert resolve_model_path("auto") == BUILTIN_MODELS[expected]
+
+
+def _saturating_conv(channels: int = 64) -> bytes:
+    """A Q/DQ 1x1 convolution of activations 255 with weights 127, summed over ``channels``: exactly
+    ``channels``, but VPMADDUBSW's 16-bit pair sums (255 * 127 * 2 > 32767) halve it on x86 CPUs
+    without VNNI unless the exact kernel is chosen."""
+    init = numpy_helper.from_array
+    inits = [
+        init(np.array(1 / 255, np.float32), "xs"),
+        init(np.array(0, np.uint8), "xz"),
+        init(np.full((1, channels, 1, 1), 127, np.int8), "wq"),
+        init(np.array(1 / 127, np.float32), "ws"),
+        init(np.array(0, np.int8), "wz"),
+        init(np.array(0.5, np.float32), "ys"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["yc"]),
+        # The output Q/DQ is what lets ONNX Runtime fuse the whole into one integer convolution.
+        helper.make_node("QuantizeLinear", ["yc", "ys", "xz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "xz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "saturating_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_int8_is_exact_on_every_cpu() -> None:
+    """On this workplace's AVX2-only EPYC the default session options gave 32.5 here, not 64."""
+    session = ort.InferenceSession(
+        _saturating_conv(), ort_session_options(1), providers=["CPUExecutionProvider"]
+    )
+    y = session.run(None, {"x": np.ones((1, 64, 2, 2), np.float32)})[0]
+    assert np.all(y == 64.0), f"INT8 saturated ({int8_kernel(platform.machine(), cpu_flags())}): {y.ravel()}"
+
+
+def test_the_agent_runs_onnx_runtime_with_the_exact_int8_kernels(tiny: Path) -> None:
+    options = backend(tiny).session.get_session_options()
+    assert options.get_session_config_entry("session.x64quantprecision") == "1"

@@ -1,0 +1,49 @@
+"""CPU capability detection (pure functions over a machine name and a cpuinfo text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cpu import cpu_flags, int8_kernel
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "kernel"),
+    [
+        ("", set(), "unknown CPU (not measured)"),
+        ("riscv64", {"rv64imafdc"}, "riscv64 (not measured)"),
+        ("x86_64", set(), "x86 without VNNI"),  # unreadable flags: the safe answer
+        ("x86_64", {"sse4_1", "avx2", "avx512f"}, "x86 without VNNI"),
+        ("x86_64", {"avx2", "avx512_vnni"}, "x86 VNNI"),
+        ("AMD64", {"avx2", "avx_vnni"}, "x86 VNNI"),
+        ("aarch64", {"fp", "asimd"}, "arm64 without dot product"),
+        ("aarch64", {"fp", "asimd", "asimddp"}, "arm64 dot product"),
+    ],
+)
+def test_int8_kernel(machine: str, flags: set[str], kernel: str) -> None:
+    assert int8_kernel(machine, flags) == kernel
+
+
+X86 = "processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        (None, frozenset()),  # no such file (not Linux)
+        ("", frozenset()),
+        ("processor\t: 0\nmodel name\t: x\n", frozenset()),
+        (X86, {"fpu", "avx2", "avx512_vnni"}),  # the first CPU's line
+        (ARM, {"fp", "asimd", "asimddp"}),
+    ],
+)
+def test_cpu_flags_reads_the_first_flags_line(
+    tmp_path: Path, text: str | None, flags: frozenset[str]
+) -> None:
+    path = tmp_path / "cpuinfo"
+    if text is not None:
+        path.write_text(text)
+    assert cpu_flags(path) == flags
