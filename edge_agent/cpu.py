@@ -1,9 +1,13 @@
-"""What this CPU can do, for choices that depend on it (no heavy imports: sidecars use it too)."""
+"""What this CPU can do, and the ONNX Runtime settings that follow (no heavy imports: sidecars use it)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 def int8_kernel(machine: str, flags: Collection[str]) -> str:
@@ -33,3 +37,26 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+def ort_session_options(threads: int) -> ort.SessionOptions:
+    """ONNX Runtime CPU session options for Affectline models (the agent, verification, benchmarks).
+
+    ``session.x64quantprecision``: on x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512F only) ONNX Runtime
+    multiplies INT8 weights by unsigned activations with VPMADDUBSW, whose 16-bit pair sums
+    saturate for 8-bit weights; the option runs those layers on an exact U8U8 kernel instead. With
+    it an INT8 file gives the same answers on every CPU: without it the shipped CPU INT8 file read
+    79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC (docs/benchmarks.md, "INT8 on CPUs
+    without VNNI"). It changes nothing on VNNI or ARM CPUs, or for FP32 files.
+
+    Args:
+        threads: Intra-op threads (0: ONNX Runtime's default, one per physical core).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return opts

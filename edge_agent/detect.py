@@ -49,6 +49,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import Detection, OnnxBodyDetector, SsdBodyDetector
+from edge_agent.cpu import ort_session_options
 from edge_agent.structures import Detections, Frame
 from edge_agent.views import person_box_from_face
 
@@ -184,7 +185,10 @@ class OnnxPersons:
         if not Path(cfg.model_path).is_file():
             raise FileNotFoundError(f"OnnxBodyDetector.model_path={cfg.model_path!r}: no such file")
         self.cfg = cfg
-        self._session = ort.InferenceSession(cfg.model_path, providers=["CPUExecutionProvider"])
+        # The agent's session options: a user's INT8 detector gets the exact kernels too.
+        self._session = ort.InferenceSession(
+            cfg.model_path, ort_session_options(0), providers=["CPUExecutionProvider"]
+        )
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._nchw = _input_layout(inp.shape, cfg)

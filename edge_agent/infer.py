@@ -16,20 +16,17 @@ import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
-from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.cpu import cpu_flags, int8_kernel, ort_session_options
 from edge_agent.modelmeta import ModelContractError, ModelMeta
 from edge_agent.smooth import SHARPNESS_SIDE, observation_quality
 from edge_agent.structures import FrameResult
 from edge_agent.views import crop_square, square_boxes
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +67,6 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def ort_session_options(threads: int) -> ort.SessionOptions:
-    """ONNX Runtime CPU session options for Affectline models (the agent, verification, benchmarks).
-
-    ``session.x64quantprecision``: on x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512F only) ONNX Runtime
-    multiplies INT8 weights by unsigned activations with VPMADDUBSW, whose 16-bit pair sums
-    saturate for 8-bit weights; the option runs those layers on an exact U8U8 kernel instead. With
-    it an INT8 file gives the same answers on every CPU: without it the shipped CPU INT8 file read
-    79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC (docs/benchmarks.md, "INT8 on CPUs
-    without VNNI"). It changes nothing on VNNI or ARM CPUs, or for FP32 files.
-
-    Args:
-        threads: Intra-op threads.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    return opts
 
 
 def auto_model(kernel: str) -> str:

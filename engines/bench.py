@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from calibration.viewset import ViewSet
-from edge_agent.infer import ort_session_options
+from edge_agent.cpu import ort_session_options
 from engines.errors import EnginesInputError
 
 

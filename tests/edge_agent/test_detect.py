@@ -15,8 +15,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge_agent.config import Detection
-from edge_agent.detect import Detector, DetectorResult, ThreadedDetector, build_detector, clip_boxes
+from edge_agent.config import Detection, OnnxBodyDetector
+from edge_agent.detect import (
+    Detector,
+    DetectorResult,
+    OnnxPersons,
+    ThreadedDetector,
+    build_detector,
+    clip_boxes,
+)
 from edge_agent.structures import Detections, Frame
 
 # Frames of one-by-one-person-detection.mp4 (everyone walks away from the camera: no face visible).
@@ -222,6 +229,15 @@ def test_onnx_detector_follows_the_documented_contract(
     np.testing.assert_allclose(out.xyxy, [[128, 72, 512, 360], [576, 0, 640, 144]], atol=0.5)
     np.testing.assert_allclose(out.confidence, [0.9, 0.6])
     assert out.has_face.tolist() == [True, False]
+
+
+def test_onnx_detector_runs_with_the_exact_int8_kernels(tmp_path: Path) -> None:
+    """A user's INT8 detector gives the same boxes on every x86 CPU (docs/benchmarks.md)."""
+    path = write_onnx(tmp_path / "det.onnx", ROWS, [1, 3, 64, 64])
+    cfg = detection(type="onnx", model_path=str(path), input_size=64).detector
+    assert isinstance(cfg, OnnxBodyDetector)
+    options = OnnxPersons(cfg)._session.get_session_options()
+    assert options.get_session_config_entry("session.x64quantprecision") == "1"
 
 
 @pytest.mark.parametrize(

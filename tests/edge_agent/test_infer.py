@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.config import Inference, OnnxRuntimeBackend
-from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.cpu import cpu_flags, int8_kernel, ort_session_options
 from edge_agent.detect import BlazeFace
 from edge_agent.infer import (
     BUILTIN_MODELS,
@@ -27,7 +27,6 @@ from edge_agent.infer import (
     Preprocessor,
     auto_model,
     mirrored,
-    ort_session_options,
     predict,
     resolve_model_path,
     softmax,
