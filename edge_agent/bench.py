@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import resource
 import sys
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import AgentConfig, ConfigError, load_config, parse_config
+from edge_agent.cpu import cpu_flags, int8_kernel
 from edge_agent.infer import ModelLoadError
 from edge_agent.pipeline import Pipeline
 from edge_agent.publish import Publisher
@@ -132,6 +134,8 @@ def bench_clip(
         "cpu_percent": round(100 * (_cpu_s() - cpu0) / wall, 1) if wall else 0.0,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "persons": len(persons),
+        "model_file": str(pipeline.inferencer.backend.path),
+        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),  # what decides its speed here
         "model_calls": pipeline.inferencer.calls,
         "mirror_average": pipeline.inferencer.cfg.mirror_average,  # two model runs per call when on
         "pipeline": pipeline.counters(),

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", help="write an annotated video here (overrides the config)")
     p.add_argument("--console", action="store_true", help="show a live per-person table")
     p.add_argument(
-        "--max-seconds", type=float, default=0, help="stop after this long (0 = until the sources end)"
+        "--max-seconds",
+        type=float,
+        default=0,
+        help="stop after this long (0 = until the sources end); exit 1 if a camera gave no frame by then",
     )
     # stop_on_signals: SIGINT/SIGTERM set the event main() passes on, even during the imports and
     # the model load; other commands get the default actions back.

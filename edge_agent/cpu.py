@@ -10,20 +10,34 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
+# The INT8 kernel families `int8_kernel` tells apart (sidecars record them, `auto` follows them).
+X86_VNNI = "x86 VNNI"
+X86_NO_VNNI = "x86 without VNNI"
+ARM_DOTPROD = "arm64 dot product"
+ARM_NO_DOTPROD = "arm64 without dot product"
+# Where ONNX Runtime's INT8 kernels are exact and faster than FP32 (docs/benchmarks.md).
+FAST_INT8_KERNELS = (X86_VNNI, ARM_DOTPROD)
+
+
 def int8_kernel(machine: str, flags: Collection[str]) -> str:
     """The family of INT8 kernels ONNX Runtime uses on a CPU.
 
     Args:
         machine: ``platform.machine()``.
-        flags: The CPU's feature flags (`cpu_flags`).
+        flags: The CPU's feature flags (`cpu_flags`); empty when they could not be read.
+
+    Returns:
+        One of the constants above, or a description of a CPU that is none of them.
     """
     arch = machine.lower()
+    if arch not in ("x86_64", "amd64", "aarch64", "arm64"):
+        return f"{machine or 'unknown CPU'} (not measured)"
+    if not flags:  # no /proc/cpuinfo (macOS, Windows): say so rather than guess
+        return f"{machine} (CPU flags unreadable)"
     if arch in ("x86_64", "amd64"):
-        return "x86 VNNI" if {"avx512_vnni", "avx_vnni"} & set(flags) else "x86 without VNNI"
-    if arch in ("aarch64", "arm64"):
-        # Without the dot-product instructions INT8 is exact but its speed was never measured.
-        return "arm64 dot product" if "asimddp" in flags else "arm64 without dot product"
-    return f"{machine or 'unknown CPU'} (not measured)"
+        return X86_VNNI if {"avx512_vnni", "avx_vnni"} & set(flags) else X86_NO_VNNI
+    # Without the dot-product instructions INT8 is exact but its speed was never measured.
+    return ARM_DOTPROD if "asimddp" in flags else ARM_NO_DOTPROD
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

@@ -22,7 +22,14 @@ import cv2
 import numpy as np
 
 from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
-from edge_agent.cpu import cpu_flags, int8_kernel, ort_session_options
+from edge_agent.cpu import (
+    FAST_INT8_KERNELS,
+    X86_NO_VNNI,
+    X86_VNNI,
+    cpu_flags,
+    int8_kernel,
+    ort_session_options,
+)
 from edge_agent.modelmeta import ModelContractError, ModelMeta
 from edge_agent.smooth import SHARPNESS_SIDE, observation_quality
 from edge_agent.structures import FrameResult
@@ -43,7 +50,6 @@ BUILTIN_MODELS = {
 # elsewhere: on an x86 CPU without VNNI the exact INT8 kernels (`ort_session_options`) made the
 # CPU INT8 file slower than FP32 (docs/benchmarks.md, "INT8 on CPUs without VNNI").
 AUTO_MODEL = "auto"
-FAST_INT8_KERNELS = ("x86 VNNI", "arm64 dot product")
 
 
 class ModelLoadError(RuntimeError):
@@ -54,6 +60,7 @@ class Backend(Protocol):
     """What every inference backend provides."""
 
     meta: ModelMeta
+    path: Path  # the file it runs (``auto`` resolved)
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Run one batch.
@@ -74,6 +81,14 @@ def auto_model(kernel: str) -> str:
     return "default-int8-cpu" if kernel in FAST_INT8_KERNELS else "default"
 
 
+def _slower_than_fp32(model: str, kernel: str) -> bool:
+    """Measured, not guessed (docs/benchmarks.md): the CPU INT8 file on x86 without VNNI; the portable
+    file on any x86 CPU (ONNX Runtime cannot fuse its signed activations there)."""
+    if model == "default-int8":
+        return kernel in (X86_VNNI, X86_NO_VNNI)
+    return kernel == X86_NO_VNNI
+
+
 def resolve_model_path(model: str) -> Path:
     """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
     if model in (AUTO_MODEL, "default-int8", "default-int8-cpu"):
@@ -81,9 +96,11 @@ def resolve_model_path(model: str) -> Path:
         if model == AUTO_MODEL:
             model = auto_model(kernel)
             log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
-        elif kernel not in FAST_INT8_KERNELS:
+        elif _slower_than_fp32(model, kernel):
             log.warning(
-                "model %s on a CPU with %s INT8 kernels: 'auto' or 'default' may be faster", model, kernel
+                "model %s is slower than FP32 on this CPU (INT8 kernels: %s): 'auto' picks faster",
+                model,
+                kernel,
             )
     path = BUILTIN_MODELS.get(model, Path(model)).expanduser()
     if not path.is_file():
@@ -175,6 +192,7 @@ class TrtBackend:
         except (ImportError, TensorRTUnavailable, EngineMismatchError, EnginesInputError) as exc:
             raise ModelLoadError(f"inference.backend.engine {cfg.engine!r}: {exc}") from None
         self.meta = self.engine.meta
+        self.path = Path(cfg.engine)
 
     def run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         person = inputs[self.meta.input_for("person").name]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import resource
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 from edge_agent.app import AffectlineApp, model_name
 from edge_agent.config import AgentConfig, FileSource
+from edge_agent.cpu import cpu_flags, int8_kernel
 from edge_agent.publish import state_payload
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,8 @@ def soak_report(app: AffectlineApp, sampler: Sampler) -> dict[str, Any]:
         "sample_s": sampler.sample_s,
         "model": app.pipeline.inferencer.meta.model_version,
         "model_config": model_name(cfg),
+        "model_file": str(app.pipeline.inferencer.backend.path),
+        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),
         "detector": cfg.detection.detector.type,
         "mqtt": {
             "host": f"{cfg.mqtt.host}:{cfg.mqtt.port}",

@@ -98,7 +98,9 @@ def probe_shapes(model: Any, names: list[str]) -> dict[str, tuple[int, ...]]:
     probe.graph.output.extend(
         onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in present
     )
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        probe.SerializeToString(), ort_session_options(1), providers=["CPUExecutionProvider"]
+    )
     feed = {
         i.name: np.zeros([1, *(d.dim_value for d in i.type.tensor_type.shape.dim[1:])], np.float32)
         for i in model.graph.input

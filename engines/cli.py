@@ -30,14 +30,23 @@ def _specs(args: argparse.Namespace) -> list[str]:
 
 
 def _model_path(name: str) -> Path:
-    """``default`` / ``default-int8`` -> the shipped files; anything else is a path that must exist."""
-    from edge_agent.infer import BUILTIN_MODELS
+    """The shipped file of a built-in name (``default``, ...); anything else is a path that must exist.
+
+    Raises:
+        EnginesInputError: ``auto`` (the agent's choice per CPU, not one file to build from), or
+            not a file; both name the built-in names.
+    """
+    from edge_agent.infer import AUTO_MODEL, BUILTIN_MODELS
     from engines.errors import EnginesInputError
 
+    names = ", ".join(BUILTIN_MODELS)
+    if name == AUTO_MODEL:
+        raise EnginesInputError(
+            f"model 'auto' is the agent's choice per CPU, not one file: name one of {names}"
+        )
     path = BUILTIN_MODELS.get(name, Path(name))
     if not path.is_file():
-        shipped = f" (names: {', '.join(BUILTIN_MODELS)})" if name in BUILTIN_MODELS else ""
-        raise EnginesInputError(f"model {name!r}: {path} is not a file{shipped}")
+        raise EnginesInputError(f"model {name!r}: {path} is not a file (or a built-in name: {names})")
     return path
 
 
@@ -243,7 +252,9 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("calibrate", help="build a calibration set (.npz) from a camera/clip and/or datasets")
     p.add_argument(
-        "--model", required=True, help="model the views are cut for: .onnx, .pt, default, default-int8"
+        "--model",
+        required=True,
+        help="model the views are cut for: .onnx, .pt, default, default-int8, default-int8-cpu",
     )
     p.add_argument("--out", required=True, help="target .npz")
     p.add_argument(

@@ -12,14 +12,16 @@ import argparse
 import json
 
 from calibration.viewset import ViewSet
-from edge_agent.infer import BUILTIN_MODELS
+from edge_agent.infer import BUILTIN_MODELS, resolve_model_path
 from engines.bench import measure_latency
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calibration", required=True, help=".npz view set (affectline engines calibrate)")
-    p.add_argument("--models", nargs="+", default=sorted(BUILTIN_MODELS), help="built-in names or paths")
+    p.add_argument(
+        "--models", nargs="+", default=sorted(BUILTIN_MODELS), help="built-in names, auto or paths"
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=200)
     args = p.parse_args()
@@ -27,7 +29,7 @@ def main() -> None:
     best: dict[str, float] = {}
     for _ in range(args.rounds):
         for name in args.models:
-            path = BUILTIN_MODELS.get(name, name)
+            path = resolve_model_path(name)  # auto too
             for batch in (1, 8):
                 ms = measure_latency(path, views, batch, threads=1, iters=args.iters).median_ms
                 best[f"{name} batch {batch}"] = min(best.get(f"{name} batch {batch}", ms), ms)

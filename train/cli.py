@@ -235,10 +235,10 @@ def _provenance(name: str) -> str:
 
 
 def _is_agent_model(name: str) -> bool:
-    """An ONNX file or a built-in model name (evaluated through the agent's inference code)."""
-    from edge_agent.infer import BUILTIN_MODELS
+    """An ONNX file, a built-in model name or ``auto`` (evaluated through the agent's inference code)."""
+    from edge_agent.infer import AUTO_MODEL, BUILTIN_MODELS
 
-    return name in BUILTIN_MODELS or name.endswith(".onnx")
+    return name in BUILTIN_MODELS or name == AUTO_MODEL or name.endswith(".onnx")
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -287,7 +287,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on datasets (JSON + confusion PNG)")
     p.add_argument(
         "checkpoint",
-        help=f"a .pt checkpoint from finetune, an exported .onnx / INT8 model or a built-in model name "
+        help=f"a .pt checkpoint from finetune, an exported .onnx / INT8 model, a built-in model name or auto "
         f"(run through the agent's inference code), or a packaged FER peer: {', '.join(PEERS)}",
     )
     p.add_argument("--data", action="append", required=True, help="kind:path (repeatable), e.g. ferplus:DIR")

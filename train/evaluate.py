@@ -281,7 +281,8 @@ def agent_predictor(model: str, threads: int = 1, mirror_average: bool = True) -
     ``edge_agent.views``).
 
     Args:
-        model: Path of the .onnx file, or a built-in model name (``default``, ``default-int8``, ...).
+        model: Path of the .onnx file, a built-in model name (``default``, ``default-int8``, ...) or
+            ``auto`` (the file the agent would run on this CPU).
         threads: ONNX Runtime intra-op threads.
         mirror_average: Average with the mirrored views' result, as ``inference.mirror_average``.
 

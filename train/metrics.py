@@ -87,7 +87,7 @@ def calibration_report(labels: np.ndarray, prob: np.ndarray, n_bins: int = 15) -
         return {"n": 0, "ece": nan, "mce": nan, "nll": nan, "brier": nan, "mean_confidence": nan, "bins": []}
     conf = prob.max(1)
     correct = prob.argmax(1) == labels
-    # Bin b holds (b/B, (b+1)/B]; a confidence of exactly 0 joins the first bin.
+    # Bin b holds (b/B, (b+1)/B], up to the rounding of conf * B; a confidence of 0 joins the first.
     index = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     bins, ece, mce = [], 0.0, 0.0
     for b in range(n_bins):

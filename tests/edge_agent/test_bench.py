@@ -50,6 +50,7 @@ def test_bench_clip_reports_every_frame(
     lat = report["frame_to_output_ms"]
     assert 0 < lat["p50"] <= lat["p99"]
     assert report["mirror_average"] is True and report["model_calls"] > 0  # the default, as reported
+    assert report["model_file"].endswith("m.onnx") and report["int8_kernels"]  # what ran, and where
 
 
 def test_short_soak_runs_the_agent_and_samples_resources(tmp_path: Path, single_face_clip: Path) -> None:

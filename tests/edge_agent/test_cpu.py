@@ -14,7 +14,8 @@ from edge_agent.cpu import cpu_flags, int8_kernel
     [
         ("", set(), "unknown CPU (not measured)"),
         ("riscv64", {"rv64imafdc"}, "riscv64 (not measured)"),
-        ("x86_64", set(), "x86 without VNNI"),  # unreadable flags: the safe answer
+        ("x86_64", set(), "x86_64 (CPU flags unreadable)"),  # no /proc/cpuinfo: not a guess
+        ("arm64", set(), "arm64 (CPU flags unreadable)"),
         ("x86_64", {"sse4_1", "avx2", "avx512f"}, "x86 without VNNI"),
         ("x86_64", {"avx2", "avx512_vnni"}, "x86 VNNI"),
         ("AMD64", {"avx2", "avx_vnni"}, "x86 VNNI"),

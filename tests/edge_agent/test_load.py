@@ -7,7 +7,7 @@ fast one), so the sources must drop the oldest frames (bounded queues), count ev
 frame-to-output latency flat instead of growing with the backlog.
 
 The soak runs the real agent (capture thread on a looping clip at its real rate, the shipped
-``default-int8-cpu`` model, publisher to a real mosquitto, preview writer) and watches RSS, descriptors
+``auto`` model, publisher to a real mosquitto, preview writer) and watches RSS, descriptors
 and threads. ``AFFECTLINE_LOAD_S`` (default 20) sets the load run, ``AFFECTLINE_SOAK_MINUTES``
 (default 2) the soak; docs/reliability.md records longer runs and their commands.
 """
@@ -29,6 +29,7 @@ import yaml
 
 from edge_agent.app import AffectlineApp
 from edge_agent.config import load_config
+from edge_agent.infer import BUILTIN_MODELS, auto_model
 from tests.edge_agent.conftest import Mosquitto
 from tests.edge_agent.faultkit import ROOT, env_float
 from tests.edge_agent.test_app import frames_in, write_config
@@ -108,7 +109,7 @@ def test_soak_records_resources_and_does_not_grow(
         tmp_path, mosquitto.port, [{"name": "soak", "source": {"type": "file", "path": "unused"}}]
     )
     data = yaml.safe_load(cfg.read_text())
-    data["inference"]["backend"]["model"] = "default-int8-cpu"  # the shipped default, not the tiny test one
+    data["inference"]["backend"]["model"] = "auto"  # the shipped default, not the tiny test one
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "soak.json"
     cmd = [sys.executable, "-m", "edge_agent.cli", "bench", str(single_face_clip), "--config", str(cfg)]
@@ -125,7 +126,9 @@ def test_soak_records_resources_and_does_not_grow(
     print("\n" + json.dumps({k: v for k, v in report.items() if k != "samples"}))
     assert len(samples) >= SOAK_MINUTES * 6 - 1  # one sample per 10 s
     assert all(s["fps"] > 0 for s in samples)
-    assert report["model_config"] == "default-int8-cpu" and report["loop_errors"] == 0
+    assert report["model_config"] == "auto" and report["loop_errors"] == 0
+    expected = BUILTIN_MODELS[auto_model(report["int8_kernels"])]  # the file auto picks on this CPU
+    assert report["model_file"] == str(expected)
     camera = report["cameras"]["single_face"]  # the capture thread looped the 72-frame clip
     assert camera["frames"] > 72 and camera["errors"] == 0 and camera["reconnects"] == 0
     assert report["mqtt"]["persons_sent"] > 0 and report["mqtt"]["summary_sent"] > 0

@@ -109,7 +109,17 @@ def test_calibrate_from_datasets(
         (
             ["engines", "verify", "{tmp}/none.onnx", "--samples", "{eval}"],
             EXIT_BAD_INPUT,
-            "none.onnx is not a file",
+            "none.onnx is not a file (or a built-in name: default, default-int8, default-int8-cpu)",
+        ),
+        (
+            ["engines", "calibrate", "--model", "auto", "--out", "{tmp}/c.npz"],
+            EXIT_BAD_INPUT,
+            "model 'auto' is the agent's choice per CPU, not one file: name one of default, default-int8",
+        ),
+        (
+            ["engines", "quantize", "auto", "--calibration", "{eval}", "--out", "{tmp}/q.onnx"],
+            EXIT_BAD_INPUT,
+            "model 'auto' is the agent's choice per CPU",
         ),
         (
             ["engines", "verify", "{garbage}", "--samples", "{eval}"],

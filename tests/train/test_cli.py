@@ -69,7 +69,7 @@ def test_evaluate_manifest_writes_report_and_skips_bad_samples(tmp_path: Path, c
     assert (tmp_path / "ev" / "manifest_test_confusion.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("model", ["checkpoint", "default"])
+@pytest.mark.parametrize("model", ["checkpoint", "default", "auto"])
 @pytest.mark.parametrize("flag", ["--no-mirror", "--mirror", None])
 def test_evaluate_records_mirror_average(
     tmp_path: Path, checkpoint: Path, model: str, flag: str | None
@@ -84,6 +84,11 @@ def test_evaluate_records_mirror_average(
     report = json.loads((tmp_path / "ev" / "manifest_test.json").read_text())
     assert report["mirror_average"] is (flag != "--no-mirror")
     assert report["n_samples"] == 3
+    if model == "auto":  # the file the agent would run here, named with its hash
+        assert (
+            "edge_agent/models/affectline-default" in report["checkpoint"]
+            and "sha256" in report["checkpoint"]
+        )
 
 
 @pytest.mark.parametrize(
