@@ -15,7 +15,8 @@ X86_VNNI = "x86 VNNI"
 X86_NO_VNNI = "x86 without VNNI"
 ARM_DOTPROD = "arm64 dot product"
 ARM_NO_DOTPROD = "arm64 without dot product"
-# Where ONNX Runtime's INT8 kernels are exact and faster than FP32 (docs/benchmarks.md).
+# Where INT8 is faster than FP32: x86 VNNI measured (docs/benchmarks.md); ARM dot product from ONNX Runtime's
+# quantization guide ("ARM with dot-product instructions can get better performance"), not measured here.
 FAST_INT8_KERNELS = (X86_VNNI, ARM_DOTPROD)
 
 

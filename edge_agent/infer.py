@@ -25,7 +25,6 @@ from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
 from edge_agent.cpu import (
     FAST_INT8_KERNELS,
     X86_NO_VNNI,
-    X86_VNNI,
     cpu_flags,
     int8_kernel,
     ort_session_options,
@@ -81,22 +80,23 @@ def auto_model(kernel: str) -> str:
     return "default-int8-cpu" if kernel in FAST_INT8_KERNELS else "default"
 
 
-def _slower_than_fp32(model: str, kernel: str) -> bool:
+def _slower_than_fp32(model: str, kernel: str, machine: str) -> bool:
     """Measured, not guessed (docs/benchmarks.md): the CPU INT8 file on x86 without VNNI; the portable
     file on any x86 CPU (ONNX Runtime cannot fuse its signed activations there)."""
     if model == "default-int8":
-        return kernel in (X86_VNNI, X86_NO_VNNI)
+        return machine.lower() in ("x86_64", "amd64")
     return kernel == X86_NO_VNNI
 
 
 def resolve_model_path(model: str) -> Path:
     """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
     if model in (AUTO_MODEL, "default-int8", "default-int8-cpu"):
-        kernel = int8_kernel(platform.machine(), cpu_flags())
+        machine = platform.machine()
+        kernel = int8_kernel(machine, cpu_flags())
         if model == AUTO_MODEL:
             model = auto_model(kernel)
             log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
-        elif _slower_than_fp32(model, kernel):
+        elif _slower_than_fp32(model, kernel, machine):
             log.warning(
                 "model %s is slower than FP32 on this CPU (INT8 kernels: %s): 'auto' picks faster",
                 model,

@@ -326,7 +326,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_guarded(_cmd_build))
 
     p = sub.add_parser("verify", help="run a model on real samples and print agreement with its reference")
-    p.add_argument("model", help=".onnx, .engine or .pt (or default, default-int8)")
+    p.add_argument("model", help=".onnx, .engine or .pt (or default, default-int8, default-int8-cpu)")
     p.add_argument("--reference", help="reference model (default: the source named in the sidecar)")
     p.add_argument("--threads", type=int, default=1)
     _add_data(p)

@@ -26,14 +26,15 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=200)
     args = p.parse_args()
     views = ViewSet.load(args.calibration)
+    files = {name: resolve_model_path(name) for name in args.models}  # auto too, resolved (and logged) once
     best: dict[str, float] = {}
     for _ in range(args.rounds):
-        for name in args.models:
-            path = resolve_model_path(name)  # auto too
+        for name, path in files.items():
             for batch in (1, 8):
-                ms = measure_latency(path, views, batch, threads=1, iters=args.iters).median_ms
-                best[f"{name} batch {batch}"] = min(best.get(f"{name} batch {batch}", ms), ms)
-    print(json.dumps({k: round(v, 3) for k, v in best.items()}, indent=1))
+                t = measure_latency(path, views, batch, threads=1, iters=args.iters).median_ms
+                best[f"{name} batch {batch}"] = min(best.get(f"{name} batch {batch}", t), t)
+    ms = {k: round(v, 3) for k, v in best.items()}
+    print(json.dumps({"files": {k: str(v) for k, v in files.items()}, "median_ms": ms}, indent=1))
 
 
 if __name__ == "__main__":

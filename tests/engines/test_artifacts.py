@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from pathlib import Path
 
 import pytest
 
+from edge_agent.cpu import cpu_flags, int8_kernel
 from engines.artifacts import read_sidecar, sha256_file, sidecar_path, tool_versions, write_sidecar
 from engines.errors import EnginesInputError
 
@@ -51,4 +53,6 @@ def test_read_rejects(tmp_path: Path, content: str | None, match: str) -> None:
 def test_tool_versions_lists_only_imported_modules() -> None:
     versions = tool_versions()
     assert versions["python"].count(".") == 2 and "numpy" in versions
+    # The INT8 kernels of the machine that wrote it: the speed of an INT8 file depends on them.
+    assert versions["int8_kernels"] == int8_kernel(platform.machine(), cpu_flags())
     json.dumps(versions)

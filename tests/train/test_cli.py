@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
 import torch
 
 from edge_agent.cli import build_parser
+from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.infer import BUILTIN_MODELS, auto_model
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
 from tests.conftest import shared_path
 from train.checkpoint import make_meta, save_checkpoint
@@ -84,11 +87,9 @@ def test_evaluate_records_mirror_average(
     report = json.loads((tmp_path / "ev" / "manifest_test.json").read_text())
     assert report["mirror_average"] is (flag != "--no-mirror")
     assert report["n_samples"] == 3
-    if model == "auto":  # the file the agent would run here, named with its hash
-        assert (
-            "edge_agent/models/affectline-default" in report["checkpoint"]
-            and "sha256" in report["checkpoint"]
-        )
+    if model == "auto":  # the file the agent would run on this CPU, named with its hash
+        chosen = BUILTIN_MODELS[auto_model(int8_kernel(platform.machine(), cpu_flags()))]
+        assert report["checkpoint"].startswith(f"{chosen} (sha256 ")
 
 
 @pytest.mark.parametrize(
