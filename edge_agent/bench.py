@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import resource
 import sys
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import AgentConfig, ConfigError, load_config, parse_config
-from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.cpu import host_int8_kernel
 from edge_agent.infer import ModelLoadError
 from edge_agent.pipeline import Pipeline
 from edge_agent.publish import Publisher
@@ -135,7 +134,7 @@ def bench_clip(
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "persons": len(persons),
         "model_file": str(pipeline.inferencer.backend.path),
-        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),  # what decides its speed here
+        "int8_kernels": host_int8_kernel(),  # what decides its speed here
         "model_calls": pipeline.inferencer.calls,
         "mirror_average": pipeline.inferencer.cfg.mirror_average,  # two model runs per call when on
         "pipeline": pipeline.counters(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+@functools.cache
+def host_int8_kernel() -> str:
+    """`int8_kernel` of the CPU this process runs on (read once: the CPU does not change)."""
+    return int8_kernel(platform.machine(), cpu_flags())
 
 
 def ort_session_options(threads: int) -> ort.SessionOptions:

@@ -25,8 +25,7 @@ from edge_agent.config import Inference, OnnxRuntimeBackend, TensorRTBackend
 from edge_agent.cpu import (
     FAST_INT8_KERNELS,
     X86_NO_VNNI,
-    cpu_flags,
-    int8_kernel,
+    host_int8_kernel,
     ort_session_options,
 )
 from edge_agent.modelmeta import ModelContractError, ModelMeta
@@ -91,12 +90,11 @@ def _slower_than_fp32(model: str, kernel: str, machine: str) -> bool:
 def resolve_model_path(model: str) -> Path:
     """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
     if model in (AUTO_MODEL, "default-int8", "default-int8-cpu"):
-        machine = platform.machine()
-        kernel = int8_kernel(machine, cpu_flags())
+        kernel = host_int8_kernel()
         if model == AUTO_MODEL:
             model = auto_model(kernel)
             log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
-        elif _slower_than_fp32(model, kernel, machine):
+        elif _slower_than_fp32(model, kernel, platform.machine()):
             log.warning(
                 "model %s is slower than FP32 on this CPU (INT8 kernels: %s): 'auto' picks faster",
                 model,

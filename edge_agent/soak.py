@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import resource
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from edge_agent.app import AffectlineApp, model_name
 from edge_agent.config import AgentConfig, FileSource
-from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.cpu import host_int8_kernel
 from edge_agent.publish import state_payload
 
 log = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ def soak_report(app: AffectlineApp, sampler: Sampler) -> dict[str, Any]:
         "model": app.pipeline.inferencer.meta.model_version,
         "model_config": model_name(cfg),
         "model_file": str(app.pipeline.inferencer.backend.path),
-        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),
+        "int8_kernels": host_int8_kernel(),
         "detector": cfg.detection.detector.type,
         "mqtt": {
             "host": f"{cfg.mqtt.host}:{cfg.mqtt.port}",

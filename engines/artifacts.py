@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.cpu import cpu_flags, int8_kernel
+from edge_agent.cpu import host_int8_kernel
 from engines.errors import EnginesInputError
 
 _CHUNK = 1 << 20
@@ -118,7 +118,7 @@ def tool_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         # INT8 results are the same on every CPU (`ort_session_options`), INT8 speed is not.
-        "int8_kernels": int8_kernel(platform.machine(), cpu_flags()),
+        "int8_kernels": host_int8_kernel(),
     }
     for name in ("numpy", "onnx", "onnxruntime", "torch", "tensorrt"):
         module = sys.modules.get(name)

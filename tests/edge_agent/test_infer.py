@@ -365,7 +365,7 @@ def test_resolve_model_path_names_its_choice(
     logged: str | None,
 ) -> None:
     monkeypatch.setattr("edge_agent.infer.platform.machine", lambda: machine)
-    monkeypatch.setattr("edge_agent.infer.cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr("edge_agent.infer.host_int8_kernel", lambda: int8_kernel(machine, flags))
     if not BUILTIN_MODELS[resolved].is_file():
         pytest.skip(f"{resolved} is not in this install")
     with caplog.at_level("INFO", logger="edge_agent.infer"):
