@@ -89,28 +89,23 @@ def calibration_report(labels: np.ndarray, prob: np.ndarray, n_bins: int = 15) -
     correct = prob.argmax(1) == labels
     # Bin b holds (b/B, (b+1)/B], up to the rounding of conf * B; a confidence of 0 joins the first.
     index = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    bins, ece, mce = [], 0.0, 0.0
-    for b in range(n_bins):
-        member = index == b
-        if not member.any():
-            continue
-        gap = abs(float(correct[member].mean()) - float(conf[member].mean()))
-        ece += member.sum() / n * gap
-        mce = max(mce, gap)
-        bins.append(
-            {
-                "lo": b / n_bins,
-                "hi": (b + 1) / n_bins,
-                "n": int(member.sum()),
-                "confidence": float(conf[member].mean()),
-                "accuracy": float(correct[member].mean()),
-            }
-        )
+    bins = [
+        {
+            "lo": b / n_bins,
+            "hi": (b + 1) / n_bins,
+            "n": int(member.sum()),
+            "confidence": float(conf[member].mean()),
+            "accuracy": float(correct[member].mean()),
+        }
+        for b in range(n_bins)
+        if (member := index == b).any()
+    ]
+    gaps = [abs(x["accuracy"] - x["confidence"]) for x in bins]
     onehot = np.eye(prob.shape[1])[labels]
     return {
         "n": n,
-        "ece": float(ece),
-        "mce": float(mce),
+        "ece": float(sum(x["n"] / n * gap for x, gap in zip(bins, gaps, strict=True))),
+        "mce": float(max(gaps)),
         "nll": float(-np.log(np.clip(prob[np.arange(n), labels], 1e-12, None)).mean()),
         "brier": float(((prob - onehot) ** 2).sum(1).mean()),
         "mean_confidence": float(conf.mean()),
