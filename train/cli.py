@@ -1,4 +1,4 @@
-"""``affectline train pretrain|finetune|evaluate|soup|probe|profile``: thin wrappers, errors → exit codes."""
+"""``affectline train pretrain|finetune|evaluate|soup|recover|probe|profile``: thin wrappers; errors exit."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
     def call(args: argparse.Namespace) -> int:
         from edge_agent.infer import ModelLoadError
+        from engines.errors import VerificationError
         from train.checkpoint import CheckpointError
         from train.data.records import DataError
 
@@ -30,6 +31,9 @@ def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
         except (DataError, CheckpointError, ModelLoadError, ValueError, FileNotFoundError) as exc:
             print(f"affectline train: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except VerificationError as exc:  # a written file failed its own check (and was removed)
+            print(f"affectline train: {exc}", file=sys.stderr)
+            return EXIT_FAIL
 
     return call
 
@@ -44,6 +48,15 @@ def _soup(args: argparse.Namespace) -> int:
     from train.soup import average_checkpoints
 
     print(f"wrote {average_checkpoints(args.checkpoints, args.out)}")
+    return EXIT_OK
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from edge_agent.infer import resolve_model_path
+    from train.recover import recover_checkpoint
+
+    report = recover_checkpoint(resolve_model_path(args.model), args.out, args.calibration)
+    print(f"wrote {report.checkpoint}: {report.parity.line()}")
     return EXIT_OK
 
 
@@ -313,6 +326,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", nargs="+", help="two or more .pt checkpoints of the same model and split")
     p.add_argument("--out", required=True, help="the averaged .pt checkpoint to write")
     p.set_defaults(func=guard(_soup))
+
+    p = sub.add_parser("recover", help="a trainable checkpoint from an FP32 ONNX export (to fine-tune it)")
+    p.add_argument("model", help="an FP32 .onnx file from `engines export`, or the built-in model 'default'")
+    p.add_argument(
+        "--calibration",
+        required=True,
+        help="view set (.npz) cut for this model by `affectline engines calibrate`; BatchNorm statistics "
+        "are measured on it",
+    )
+    p.add_argument("--out", required=True, help="the .pt checkpoint to write")
+    p.set_defaults(func=guard(_recover))
 
     p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")
     p.add_argument("encoders", nargs="+", help="'imagenet' and/or pretraining or fine-tuning checkpoints")
