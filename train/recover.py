@@ -266,7 +266,9 @@ def recover_checkpoint(onnx_path: str | Path, out: str | Path, calibration: str 
     net, meta, name = recover(onnx_path, views)
     config: dict[str, Any] = {
         "model": name,
-        "model_kwargs": {"fusion_dim": net.fusion_dim},
+        # Every factory keyword a fine-tuning run records, so `train soup` takes both (dropout is
+        # not in the file: the network's default, which is fine-tuning's).
+        "model_kwargs": {"fusion_dim": net.fusion_dim, "dropout": net.dropout.p},
         **meta.train_split,
         "recovered_from": {"file": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "recovered_bn_statistics": {

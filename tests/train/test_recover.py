@@ -21,6 +21,7 @@ from tests.calibration.conftest import SMALL_PERSON, SMALL_SCENE
 from tests.conftest import shared_path
 from tests.model_factory import make_tiny_model
 from train.checkpoint import load_checkpoint, load_model, make_meta, save_checkpoint
+from train.config import FinetuneConfig
 from train.data.records import CLASSES
 from train.models import build_model
 from train.recover import RecoverError, conv_bn_pairs, conv_statistics, recover, recover_checkpoint
@@ -171,7 +172,10 @@ def test_the_shipped_default_maps_back(workdir: Path, specs: list[str]) -> None:
     views.save(workdir / "views96.npz")
     report = recover_checkpoint(model, workdir / "default.pt", workdir / "views96.npz")
     assert report.parity.ok and report.parity.max_logit_abs < 1e-4, report.parity.line()
-    assert load_checkpoint(report.checkpoint)["model"] == "affectline_mnv2_96_96"
+    blob = load_checkpoint(report.checkpoint)
+    assert blob["model"] == "affectline_mnv2_96_96"
+    # What a fine-tuning run of it records, or `train soup` refuses to average the two.
+    assert blob["model_kwargs"] == FinetuneConfig().model_kwargs
 
 
 @pytest.mark.parametrize(
