@@ -114,6 +114,7 @@ def test_measured_statistics_make_training_mode_start_from_the_file(exported: Pa
     np.testing.assert_allclose(_outputs(net.train(), views), reference, atol=1e-3)
     with torch.no_grad():  # what an identity BatchNorm (mean 0, variance 1) would be in its place
         for _, bn in conv_bn_pairs(net):
+            assert bn.running_mean is not None
             bn.bias.sub_(bn.running_mean)
             bn.weight.fill_((1.0 + bn.eps) ** 0.5)
     assert np.abs(_outputs(net.train(), views) - reference).max() > 0.1
