@@ -92,14 +92,19 @@ def _take(weights: dict[str, np.ndarray], name: str, source: str) -> torch.Tenso
 
 
 def folded_state(
-    model: onnx.ModelProto, net: DualViewNet, source: str
+    model: onnx.ModelProto, weights: dict[str, np.ndarray], net: DualViewNet, source: str
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Load every weight but the encoder's into ``net``; return the encoder's folded ``(W', b')`` pairs.
+
+    Args:
+        model: The export's graph.
+        weights: Its initializers by name (``_initializers``).
+        net: The network its input sizes name.
+        source: The file, for messages.
 
     Raises:
         RecoverError: the graph's convolutions, layer norms or linear layers do not match ``net``.
     """
-    weights = _initializers(model)
     convs = _nodes(model, "Conv")
     pairs = list(conv_bn_pairs(net))
     if len(convs) != len(pairs):
@@ -232,9 +237,10 @@ def recover(onnx_path: str | Path, views: ViewSet) -> tuple[DualViewNet, ModelMe
     meta = ModelMeta.from_props(props, source=source)
     check_inputs(meta, views, "--calibration")
     name = model_name(model, meta, source)
-    fusion_dim = int(_take(_initializers(model), "fuse.bias", source).shape[0])
+    weights = _initializers(model)
+    fusion_dim = int(_take(weights, "fuse.bias", source).shape[0])
     net = build_model(name, num_classes=len(meta.classes), fusion_dim=fusion_dim, pretrained=False).eval()
-    folded = folded_state(model, net, source)
+    folded = folded_state(model, weights, net, source)
     _set_folded(net, folded, None)
     person = torch.from_numpy(views.inputs[meta.input_for("person").name])
     scene = torch.from_numpy(views.inputs[meta.input_for("scene").name])
