@@ -87,8 +87,17 @@ def _slower_than_fp32(model: str, kernel: str, machine: str) -> bool:
     return kernel == X86_NO_VNNI
 
 
-def resolve_model_path(model: str) -> Path:
-    """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths."""
+def resolve_model_path(model: str, key: str = "inference.backend.model") -> Path:
+    """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths.
+
+    Args:
+        model: ``auto``, a built-in name or a file path.
+        key: What the caller calls this value (a config key path or a command-line argument), named
+            in the error so that the user knows which input to fix.
+
+    Raises:
+        ModelLoadError: the resolved file does not exist.
+    """
     if model in (AUTO_MODEL, "default-int8", "default-int8-cpu"):
         kernel = host_int8_kernel()
         if model == AUTO_MODEL:
@@ -103,7 +112,7 @@ def resolve_model_path(model: str) -> Path:
     path = BUILTIN_MODELS.get(model, Path(model)).expanduser()
     if not path.is_file():
         hint = " (the shipped default model is missing from this install)" if model in BUILTIN_MODELS else ""
-        raise ModelLoadError(f"inference.backend.model: {str(path)!r} is not a file{hint}")
+        raise ModelLoadError(f"{key}: {str(path)!r} is not a file{hint}")
     return path
 
 

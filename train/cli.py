@@ -55,7 +55,7 @@ def _recover(args: argparse.Namespace) -> int:
     from edge_agent.infer import resolve_model_path
     from train.recover import recover_checkpoint
 
-    report = recover_checkpoint(resolve_model_path(args.model), args.out, args.calibration)
+    report = recover_checkpoint(resolve_model_path(args.model, key="model"), args.out, args.calibration)
     print(f"wrote {report.checkpoint}: {report.parity.line()}")
     return EXIT_OK
 
@@ -84,11 +84,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predictor_for(args: argparse.Namespace) -> tuple[Predictor, ModelMeta]:
     """(predictor, model metadata) for an exported model (the agent's code), a peer or a checkpoint."""
+    from edge_agent.infer import resolve_model_path
     from train.checkpoint import load_model
     from train.evaluate import agent_predictor, mirror_averaged, torch_predictor
 
     if _is_agent_model(args.checkpoint):
-        predictor, meta = agent_predictor(args.checkpoint, args.threads, args.mirror)
+        path = resolve_model_path(args.checkpoint, key="checkpoint")  # names this command's argument
+        predictor, meta = agent_predictor(str(path), args.threads, args.mirror)
         if not meta.train_split:
             print(f"{args.checkpoint}: records no training split; held-out parts of the default split")
         return predictor, meta
@@ -225,7 +227,7 @@ def _probe(args: argparse.Namespace) -> int:
         "data": args.data,
         "train_per_source": args.train_per_source,
         "seed": args.seed,
-        "encoders": {n: _provenance(n) if n != IMAGENET else n for n in args.encoders},
+        "encoders": {n: _provenance(n, "encoders") if n != IMAGENET else n for n in args.encoders},
         "geometry": {n: {"person": e.person.to_dict(), "scene": e.scene.to_dict()} for n, e in encoders},
         "results": results,
     }
@@ -234,15 +236,18 @@ def _probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _provenance(name: str) -> str:
-    """What was evaluated: a peer name, or the resolved file path with its sha256 for ONNX files."""
+def _provenance(name: str, key: str = "checkpoint") -> str:
+    """What was evaluated: a peer name, or the resolved file path with its sha256 for ONNX files.
+
+    ``key`` is the command-line argument that gave ``name``, named if the file is missing.
+    """
     if name in PEERS:
         return name
     if _is_agent_model(name):
         from edge_agent.infer import resolve_model_path
         from engines.artifacts import sha256_file
 
-        path = resolve_model_path(name)
+        path = resolve_model_path(name, key=key)
         return f"{path} (sha256 {sha256_file(path)})"
     return str(Path(name).resolve())
 

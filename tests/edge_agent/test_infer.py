@@ -376,6 +376,20 @@ def test_resolve_model_path_names_its_choice(
         assert logged in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (None, "inference.backend.model"),  # the agent's config key, the default
+        ("model", "model"),  # a command-line argument
+    ],
+)
+def test_missing_model_names_the_callers_key(tmp_path: Path, key: str | None, expected: str) -> None:
+    missing = str(tmp_path / "missing.onnx")
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model_path(missing) if key is None else resolve_model_path(missing, key=key)
+    assert str(info.value) == f"{expected}: {missing!r} is not a file"
+
+
 def _saturating_conv(channels: int = 64) -> bytes:
     """A Q/DQ 1x1 convolution of activations 255 with weights 127, summed over ``channels``: exactly
     ``channels``, but VPMADDUBSW's 16-bit pair sums (255 * 127 * 2 > 32767) halve it on x86 CPUs

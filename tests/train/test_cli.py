@@ -153,9 +153,19 @@ def test_finetune_with_unequal_view_sizes_exit_2(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_evaluate_missing_checkpoint_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["train", "evaluate", str(tmp_path / "none.pt"), "--data", f"manifest:{tmp_path}"]) == 2
-    assert "none.pt does not exist" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("none.pt", "none.pt does not exist"),
+        # An ONNX file goes through the agent's resolver; the error names this command's argument.
+        ("none.onnx", "affectline train: checkpoint: '{tmp}/none.onnx' is not a file"),
+    ],
+)
+def test_evaluate_missing_checkpoint_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
+    assert _cli(["train", "evaluate", str(tmp_path / name), "--data", f"manifest:{tmp_path}"]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
 def test_manifest_missing_column_exit_2(

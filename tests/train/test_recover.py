@@ -182,6 +182,7 @@ def test_the_shipped_default_maps_back(workdir: Path, specs: list[str]) -> None:
 @pytest.mark.parametrize(
     ("model", "code", "stream", "text"),
     [
+        ("missing", 2, "err", "^affectline train: model: '.*missing.onnx' is not a file$"),
         ("garbage", 2, "err", "not a readable ONNX file"),
         ("exported", 0, "out", "wrote .*cli.pt: top-1 agreement 100.00% .* OK"),
     ],
@@ -197,7 +198,9 @@ def test_cli(
     text: str,
 ) -> None:
     path = exported
-    if model == "garbage":
+    if model == "missing":
+        path = workdir / "missing.onnx"
+    elif model == "garbage":
         path = workdir / "garbage-cli.onnx"
         path.write_bytes(b"not onnx")
     args = build_parser().parse_args(
