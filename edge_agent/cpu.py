@@ -62,18 +62,33 @@ def host_int8_kernel() -> str:
     return int8_kernel(platform.machine(), cpu_flags())
 
 
-def ort_session_options(threads: int) -> ort.SessionOptions:
+def needs_exact_int8(kernel: str) -> bool:
+    """Whether ONNX Runtime must be told to use its exact U8U8 INT8 kernel on this CPU.
+
+    On x86 without VNNI the default kernel (VPMADDUBSW) saturates its 16-bit pair sums for 8-bit
+    weights. VNNI's VPDPBUSD sums into 32 bits and is exact without help, and there the U8U8 kernel
+    would only cost speed: 1.7x the time at batch 1 for the CPU INT8 default, with bit-identical
+    outputs (docs/benchmarks.md, "The exact INT8 kernel only where it is needed"). Where the flags
+    cannot be read the CPU might lack VNNI, so the exact kernel stays; ONNX Runtime ignores the
+    option on ARM.
+
+    Args:
+        kernel: `int8_kernel` of the CPU.
+    """
+    return kernel != X86_VNNI
+
+
+def ort_session_options(threads: int, kernel: str | None = None) -> ort.SessionOptions:
     """ONNX Runtime CPU session options for Affectline models (the agent, verification, benchmarks).
 
-    ``session.x64quantprecision``: on x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512F only) ONNX Runtime
-    multiplies INT8 weights by unsigned activations with VPMADDUBSW, whose 16-bit pair sums
-    saturate for 8-bit weights; the option runs those layers on an exact U8U8 kernel instead. With
-    it an INT8 file gives the same answers on every CPU: without it the shipped CPU INT8 file read
-    79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC (docs/benchmarks.md, "INT8 on CPUs
-    without VNNI"). It changes nothing on VNNI or ARM CPUs, or for FP32 files.
+    ``session.x64quantprecision`` where `needs_exact_int8`: it runs the layers whose weights exceed
+    7 bits on an exact U8U8 kernel, so an INT8 file gives the same answers on every CPU. Without it
+    the shipped CPU INT8 file read 79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC
+    (docs/benchmarks.md, "INT8 on CPUs without VNNI"). It changes nothing for FP32 files.
 
     Args:
         threads: Intra-op threads (0: ONNX Runtime's default, one per physical core).
+        kernel: `int8_kernel` of the CPU the session runs on; None: this host's.
     """
     import onnxruntime as ort
 
@@ -81,5 +96,6 @@ def ort_session_options(threads: int) -> ort.SessionOptions:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.x64quantprecision", "1")
+    if needs_exact_int8(host_int8_kernel() if kernel is None else kernel):
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     return opts
