@@ -185,7 +185,7 @@ class OnnxPersons:
         if not Path(cfg.model_path).is_file():
             raise FileNotFoundError(f"OnnxBodyDetector.model_path={cfg.model_path!r}: no such file")
         self.cfg = cfg
-        # The agent's session options: a user's INT8 detector gets the exact kernels too where the CPU needs them.
+        # The agent's session options: a user's INT8 detector gets the exact kernels too, where needed.
         self._session = ort.InferenceSession(
             cfg.model_path, ort_session_options(0), providers=["CPUExecutionProvider"]
         )

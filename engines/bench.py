@@ -33,7 +33,13 @@ class Latency:
 
 
 def measure_latency(
-    onnx_path: str | Path, views: ViewSet, batch: int, threads: int = 1, iters: int = 50, warmup: int = 5
+    onnx_path: str | Path,
+    views: ViewSet,
+    batch: int,
+    threads: int = 1,
+    iters: int = 50,
+    warmup: int = 5,
+    kernel: str | None = None,
 ) -> Latency:
     """Time ONNX Runtime CPU inference of one batch of real samples.
 
@@ -44,6 +50,8 @@ def measure_latency(
         threads: Intra-op threads (the agent's ``inference.backend.threads``).
         iters: Timed runs.
         warmup: Untimed runs first (allocations, caches).
+        kernel: Time with the agent's options for a CPU of this `edge_agent.cpu.int8_kernel` family
+            (None: this host's), e.g. to price the exact INT8 kernel where it is not needed.
     """
     import onnxruntime as ort
 
@@ -51,7 +59,7 @@ def measure_latency(
         raise EnginesInputError(f"batch={batch}: must be in [1, {len(views)}] (samples available)")
     # The agent's own options: a latency measured without them would not be the agent's.
     sess = ort.InferenceSession(
-        str(onnx_path), ort_session_options(threads), providers=["CPUExecutionProvider"]
+        str(onnx_path), ort_session_options(threads, kernel), providers=["CPUExecutionProvider"]
     )
     feed = {k: np.ascontiguousarray(v[:batch]) for k, v in views.inputs.items()}
     for _ in range(warmup):

@@ -12,36 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import onnxruntime as ort
 
 from calibration.viewset import ViewSet
-from edge_agent.cpu import host_int8_kernel
+from edge_agent.cpu import X86_NO_VNNI, X86_VNNI, host_int8_kernel, ort_session_options
 from edge_agent.infer import BUILTIN_MODELS
+from engines.bench import measure_latency
 
-
-def session(name: str, exact: bool) -> ort.InferenceSession:
-    """The agent's options but for the exact-INT8 option, which is set or not as asked."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if exact:
-        opts.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(BUILTIN_MODELS[name]), opts, providers=["CPUExecutionProvider"])
-
-
-def median_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], iters: int) -> float:
-    for _ in range(10):  # warm-up: allocations, caches
-        sess.run(None, feed)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(times))
+# The agent's options for these CPU kinds are the two variants: with the option, and without it.
+VARIANTS = {"exact": X86_NO_VNNI, "default": X86_VNNI}
 
 
 def main() -> None:
@@ -54,17 +35,21 @@ def main() -> None:
     names = sorted(BUILTIN_MODELS)
     diff = {}
     for name in names:
-        a, b = (session(name, exact).run(None, dict(views.inputs)) for exact in (False, True))
+        a, b = (
+            ort.InferenceSession(
+                str(BUILTIN_MODELS[name]), ort_session_options(1, kernel), providers=["CPUExecutionProvider"]
+            ).run(None, dict(views.inputs))
+            for kernel in VARIANTS.values()
+        )
         diff[name] = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
     best: dict[str, float] = {}
     for _ in range(args.rounds):  # interleaved, so that a load spike hits every variant alike
         for name in names:
-            for exact in (False, True):
-                sess = session(name, exact)
+            for variant, kernel in VARIANTS.items():
                 for batch in (1, 8):
-                    feed = {k: np.ascontiguousarray(v[:batch]) for k, v in views.inputs.items()}
-                    key = f"{name} {'exact' if exact else 'default'} batch {batch}"
-                    best[key] = min(best.get(key, float("inf")), median_ms(sess, feed, args.iters))
+                    lat = measure_latency(BUILTIN_MODELS[name], views, batch, 1, args.iters, 10, kernel)
+                    key = f"{name} {variant} batch {batch}"
+                    best[key] = min(best.get(key, float("inf")), lat.median_ms)
     report = {
         "int8_kernels": host_int8_kernel(),
         "max_abs_output_difference": diff,
