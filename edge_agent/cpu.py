@@ -69,8 +69,8 @@ def needs_exact_int8(kernel: str) -> bool:
     weights. VNNI's VPDPBUSD sums into 32 bits and is exact without help, and there the U8U8 kernel
     would only cost speed: 1.7x the time at batch 1 for the CPU INT8 default, with bit-identical
     outputs (docs/benchmarks.md, "The exact INT8 kernel only where it is needed"). Where the flags
-    cannot be read the CPU might lack VNNI, so the exact kernel stays; ONNX Runtime ignores the
-    option on ARM.
+    cannot be read the CPU might lack VNNI, so the exact kernel stays. On ARM the option (named for
+    x64 kernels) stays as before: its effect there was never measured.
 
     Args:
         kernel: `int8_kernel` of the CPU.
