@@ -27,6 +27,14 @@ from edge_agent.structures import Detections, Frame, FrameResult
 from train.data.records import CLASSES as TRAIN_CLASSES
 
 
+def asks_exact_int8(options: Any) -> bool:
+    """Whether ONNX Runtime session options ask for the exact INT8 kernel (``edge_agent.cpu``)."""
+    try:
+        return bool(options.get_session_config_entry("session.x64quantprecision") == "1")
+    except RuntimeError:  # ONNX Runtime: "does not have configuration with key"
+        return False
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
