@@ -32,6 +32,7 @@ from edge_agent.config import (
     FileSource,
     OnnxRuntimeBackend,
     load_config,
+    missing_files,
     parse_config,
 )
 from edge_agent.infer import ModelLoadError
@@ -339,6 +340,8 @@ def cli_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config) if args.config else parse_config(DEMO_CONFIG, "built-in demo config")
         cfg = resolve_samples(_apply_overrides(cfg, args), stop)
+        if problems := missing_files(cfg):
+            raise ConfigError(args.config or "built-in demo config", problems)
     except SampleInterrupted:
         log.info("stop requested during the sample download: nothing was started")
         return 0

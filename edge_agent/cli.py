@@ -19,10 +19,12 @@ EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from edge_agent.config import ConfigError, load_config
+    from edge_agent.config import ConfigError, load_config, missing_files
 
     try:
         cfg = load_config(args.config)
+        if problems := missing_files(cfg):
+            raise ConfigError(args.config, problems)
     except ConfigError as exc:
         print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for line in exc.problems:

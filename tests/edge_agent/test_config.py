@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_agent.config import ConfigError, load_config, parse_config
+from edge_agent.config import ConfigError, load_config, missing_files, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"cameras": [{"name": "cam", "source": {"type": "file", "path": "x.mp4"}}]}
@@ -192,6 +192,70 @@ def test_not_a_config(tmp_path: Path, text: str, expected: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=expected):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("cameras.0.source.path", "/nope/clip.mp4", []),  # a missing clip is a camera state, retried
+        (
+            "inference.backend",
+            {"type": "onnxruntime", "model": "/nope/m.onnx"},
+            ["inference.backend.model: '/nope/m.onnx'"],
+        ),
+        ("inference.backend", {"type": "onnxruntime", "model": "default"}, []),
+        (
+            "inference.backend",
+            {"type": "tensorrt", "engine": "/nope/m.engine"},
+            ["inference.backend.engine: '/nope/m.engine'"],
+        ),
+        (
+            "detection.detector",
+            {"type": "onnx", "model_path": "/nope/d.onnx"},
+            ["detection.detector.model_path: '/nope/d.onnx'"],
+        ),
+        (
+            "detection.detector",
+            {"type": "ssd_mobilenet", "model_path": "/nope/d.pb", "config_path": "/nope/d.pbtxt"},
+            [
+                "detection.detector.model_path: '/nope/d.pb'",
+                "detection.detector.config_path: '/nope/d.pbtxt'",
+            ],
+        ),
+        ("mqtt.tls", {"ca_certs": "/nope/ca.crt"}, ["mqtt.tls.ca_certs: '/nope/ca.crt'"]),
+        (
+            "mqtt.tls",
+            {"certfile": "/nope/c.crt", "keyfile": "/nope/c.key"},
+            ["mqtt.tls.certfile: '/nope/c.crt'", "mqtt.tls.keyfile: '/nope/c.key'"],
+        ),
+    ],
+)
+def test_missing_files_are_named_by_key(path: str, value: object, expected: list[str]) -> None:
+    data = with_(path, value)
+    data.setdefault("mqtt", {})["host"] = "broker"  # TLS needs a real broker; the embedded one refuses it
+    assert missing_files(parse_config(data)) == [f"{line} is not a file" for line in expected]
+
+
+def test_files_that_exist_are_not_problems(tmp_path: Path) -> None:
+    for name in ("d.onnx", "ca.crt"):
+        (tmp_path / name).write_bytes(b"x")  # existence is all validate checks; loading checks content
+    data = with_("detection.detector", {"type": "onnx", "model_path": str(tmp_path / "d.onnx")})
+    data["mqtt"] = {"host": "broker", "tls": {"ca_certs": str(tmp_path / "ca.crt")}}
+    assert missing_files(parse_config(data)) == []
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_refuses_a_config_naming_a_missing_file(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "c.yaml"
+    data = with_("detection.detector", {"type": "onnx", "model_path": "/nope/d.onnx"})
+    data["cameras"][0]["source"]["path"] = str(ROOT / "config.yaml")  # run must stop before reading it
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", command, str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"{path}: 1 problem(s)")
+    assert "  detection.detector.model_path: '/nope/d.onnx' is not a file" in proc.stderr
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from pydantic import ValidationError
 
 from edge_agent.config import Detection, OnnxBodyDetector
 from edge_agent.cpu import host_int8_kernel, needs_exact_int8
@@ -25,6 +26,7 @@ from edge_agent.detect import (
     build_detector,
     clip_boxes,
 )
+from edge_agent.infer import ModelLoadError
 from edge_agent.structures import Detections, Frame
 from tests.edge_agent.conftest import asks_exact_int8
 
@@ -246,43 +248,62 @@ def test_onnx_detector_runs_with_the_exact_int8_kernels_where_needed(tmp_path: P
 @pytest.mark.parametrize(
     ("shape", "input_size", "last_axis", "message"),
     [
-        ([1, 3, 64, 64], 128, 7, "input_size=128"),
-        ([1, 64, 64], 64, 7, "need \\(1,3,S,S\\)"),
-        ([1, 3, 64, 64], 64, 6, "need last axis 7"),
+        ([1, 64, 64], 64, 7, "model_path: '.*det.onnx' has input shape \\[1, 64, 64\\], need \\(1,3,S,S\\)"),
+        ([1, 3, 64, 64], 128, 7, "input_size: 128, but '.*det.onnx' takes \\[64, 64\\]"),
+        ([1, 3, 64, 64], 64, 6, "model_path: '.*det.onnx' outputs shape \\(1, 1, 1, 6\\), need last axis 7"),
     ],
 )
-def test_onnx_detector_rejects_models_off_contract(
-    tmp_path: Path, face_frames: list[Frame], shape: list[int], input_size: int, last_axis: int, message: str
+def test_onnx_detector_off_contract_stops_at_start_naming_the_key(
+    tmp_path: Path, shape: list[int], input_size: int, last_axis: int, message: str
 ) -> None:
     path = write_onnx(
         tmp_path / "det.onnx", [[0, 1, 0.9, 0.1, 0.1, 0.2, 0.2, 0.0][:last_axis]], shape, last_axis
     )
     cfg = detection(type="onnx", model_path=str(path), input_size=input_size)
-    with pytest.raises(ValueError, match=message):
-        det = build_detector(cfg)
-        try:
-            det.detect(face_frames[0])
-        finally:
-            det.close()
+    with pytest.raises(ModelLoadError, match="^detection.detector." + message):
+        build_detector(cfg)
+
+
+def test_unreadable_onnx_detector_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "det.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(
+        ModelLoadError, match=r"^detection.detector.model_path: '.*det.onnx' is not a usable ONNX"
+    ):
+        build_detector(detection(type="onnx", model_path=str(path)))
 
 
 @pytest.mark.parametrize(
-    ("detector", "error", "message"),
+    ("detector", "message"),
     [
-        ({"type": "onnx", "model_path": "/nonexistent/det.onnx"}, FileNotFoundError, "/nonexistent/det.onnx"),
-        ({"type": "ssd_mobilenet", "model_path": "/x.pb"}, ValueError, "given together"),
+        (
+            {"type": "onnx", "model_path": "/nonexistent/det.onnx"},
+            "model_path: '/nonexistent/det.onnx' is not",
+        ),
         (
             {"type": "ssd_mobilenet", "model_path": "/x.pb", "config_path": "/x.pbtxt"},
-            FileNotFoundError,
-            "/x.pb",
+            "model_path: '/x.pb' is not",
         ),
     ],
 )
-def test_missing_model_files_are_named(
-    detector: dict[str, Any], error: type[Exception], message: str
-) -> None:
-    with pytest.raises(error, match=message):
+def test_missing_model_files_are_named(detector: dict[str, Any], message: str) -> None:
+    with pytest.raises(ModelLoadError, match="^detection.detector." + message):
         build_detector(detection(**detector))
+
+
+def test_ssd_files_come_in_pairs() -> None:
+    with pytest.raises(ValidationError, match="model_path and config_path must be given together"):
+        detection(type="ssd_mobilenet", model_path="/x.pb")
+
+
+def test_unreadable_ssd_files_are_named(tmp_path: Path) -> None:
+    model, config = tmp_path / "m.pb", tmp_path / "m.pbtxt"
+    model.write_bytes(b"\x00garbage")
+    config.write_text("garbage {")
+    with pytest.raises(
+        ModelLoadError, match=r"^detection.detector: '.*m.pb' with '.*m.pbtxt' cannot be read"
+    ):
+        build_detector(detection(type="ssd_mobilenet", model_path=str(model), config_path=str(config)))
 
 
 # ----------------------------------------------------------------------------- detector thread

@@ -377,6 +377,8 @@ def test_resolve_model_path_names_its_choice(
     if not BUILTIN_MODELS[resolved].is_file():
         pytest.skip(f"{resolved} is not in this install")
     with caplog.at_level("INFO", logger="edge_agent.infer"):
+        assert resolve_model_path(name, log_choice=False) == BUILTIN_MODELS[resolved]  # checks stay quiet
+        assert not caplog.records
         assert resolve_model_path(name) == BUILTIN_MODELS[resolved]
     if logged is None:
         assert not caplog.records

@@ -75,9 +75,10 @@ def test_evaluate_manifest_writes_report_and_skips_bad_samples(tmp_path: Path, c
 @pytest.mark.parametrize("model", ["checkpoint", "default", "auto"])
 @pytest.mark.parametrize("flag", ["--no-mirror", "--mirror", None])
 def test_evaluate_records_mirror_average(
-    tmp_path: Path, checkpoint: Path, model: str, flag: str | None
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, checkpoint: Path, model: str, flag: str | None
 ) -> None:
     """Mirror averaging is on unless --no-mirror, for checkpoints and agent models alike, and said so."""
+    caplog.set_level("INFO", logger="edge_agent.infer")
     faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:3]
     (tmp_path / "m.csv").write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces))
     name = str(checkpoint) if model == "checkpoint" else model
@@ -90,6 +91,8 @@ def test_evaluate_records_mirror_average(
     if model == "auto":  # the file the agent would run on this CPU, named with its hash
         chosen = BUILTIN_MODELS[auto_model(int8_kernel(platform.machine(), cpu_flags()))]
         assert report["checkpoint"].startswith(f"{chosen} (sha256 ")
+    # auto's choice is said once: the report's provenance re-resolves the name without repeating it
+    assert caplog.text.count("model auto:") == (model == "auto")
 
 
 @pytest.mark.parametrize(
