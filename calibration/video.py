@@ -8,6 +8,7 @@ scales are therefore fitted on exactly the inputs the model will get on that cam
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 
 from calibration.datasets import CalibrationDataError, luma
 from calibration.viewset import ViewSet
-from edge_agent.config import Camera, Detection
+from edge_agent.config import Camera, Detection, redact
 from edge_agent.modelmeta import ModelMeta
 
 if TYPE_CHECKING:
@@ -49,6 +50,23 @@ def camera_from_uri(uri: str) -> Camera:
             "or an existing video file"
         )
     return Camera.model_validate({"name": "calibration", "source": source})
+
+
+def source_label(camera: Camera) -> str:
+    """Where a camera's frames come from, as the samples' origins name it.
+
+    Sets cut from different clips or streams must never share an origin: ``engines quantize``
+    refuses an evaluation set that shares one with its calibration set. Files are named by their
+    resolved path, streams by their URL (credentials hidden), pipelines by a hash of their text.
+    """
+    src = camera.source
+    if src.type == "file":
+        return str(Path(src.path).resolve())
+    if src.type == "rtsp":
+        return redact(src.url)
+    if src.type == "usb":
+        return f"usb{src.index}"
+    return "gstreamer-" + hashlib.sha256(src.pipeline.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,7 @@ def video_views(
     source = open_source(camera)
     faces = _Faces(pre)
     tally = _Tally()
+    label = source_label(camera)
     try:
         source.start()
         for t_stream, frame in _spaced_frames(source, camera, seconds, every_s, tally):
@@ -107,10 +126,15 @@ def video_views(
             boxes = det.face_xyxy[det.has_face] if det.face_xyxy is not None else np.zeros((0, 4))
             if len(boxes):
                 tally.frames_with_faces += 1
-                faces.add(frame.image, boxes, f"video:{camera.name}@{t_stream:.2f}s")
+                faces.add(frame.image, boxes, f"video:{label}@{t_stream:.2f}s")
     finally:
         source.close()
         detector.close()
+    if not tally.frames:
+        raise CalibrationDataError(
+            f"--from-video: no frame could be read from {label} in {seconds} s "
+            "(not a video OpenCV can read, or a stream that sent nothing)"
+        )
     if not faces.origin:
         raise CalibrationDataError(
             f"no face found in {tally.frames} frames of the video; point the camera at people "

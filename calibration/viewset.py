@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,12 @@ class ViewSet:
                 recorded hash (the file was altered).
         """
         path = Path(path)
+        if path.is_file() and not zipfile.is_zipfile(path):
+            # np.load would try it as a pickle and say so, which misleads: name what it should be.
+            raise ViewSetError(
+                f"{path}: not a view set .npz (not a zip archive); "
+                "write one with `affectline engines calibrate`"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}

@@ -346,9 +346,7 @@ def cli_run(args: argparse.Namespace) -> int:
         log.info("stop requested during the sample download: nothing was started")
         return 0
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+        print(exc.report(), file=sys.stderr)
         return 2
     except SampleError as exc:
         print(f"error: {exc}", file=sys.stderr)

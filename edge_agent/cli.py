@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from edge_agent.ranges import AT_LEAST_0, POSITIVE, flag_type
 from edge_agent.shutdown import restore_handlers, saved_handlers, stop_on_signals
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -26,9 +27,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if problems := missing_files(cfg):
             raise ConfigError(args.config, problems)
     except ConfigError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+        print(exc.report(), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.config}: ok ({len(cfg.cameras)} camera(s), backend {cfg.inference.backend.type})")
     return EXIT_OK
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--console", action="store_true", help="show a live per-person table")
     p.add_argument(
         "--max-seconds",
-        type=float,
+        type=flag_type(float, AT_LEAST_0),
         default=0,
         help="stop after this long (0 = until the sources end); exit 1 if a camera gave no frame by then",
     )
@@ -71,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", help="only this camera")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = forever)")
+    p.add_argument(
+        "--seconds", type=flag_type(float, AT_LEAST_0), default=0, help="stop after this long (0 = forever)"
+    )
     p.set_defaults(func=_lazy("edge_agent.watch", "cli_watch"))
 
     p = sub.add_parser("bench", help="benchmark the full pipeline on clips")
@@ -81,12 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent config whose detector/model/tracking settings to use; the bench publishes to its "
         "embedded broker as agent 'bench', a --soak to the config's broker as agent 'soak'",
     )
-    p.add_argument("--frames", type=int, default=0, help="frames per clip (0 = whole clip)")
+    p.add_argument(
+        "--frames", type=flag_type(int, AT_LEAST_0), default=0, help="frames per clip (0 = whole clip)"
+    )
     p.add_argument(
         "--realtime", action="store_true", help="feed frames at the clip's frame rate, as a live camera does"
     )
-    p.add_argument("--soak", type=float, default=0, metavar="MINUTES", help="soak test on a looping clip")
-    p.add_argument("--sample-s", type=float, default=10.0, help="soak: seconds between samples")
+    p.add_argument(
+        "--soak",
+        type=flag_type(float, AT_LEAST_0),
+        default=0,
+        metavar="MINUTES",
+        help="soak test on a looping clip",
+    )
+    p.add_argument(
+        "--sample-s", type=flag_type(float, POSITIVE), default=10.0, help="soak: seconds between samples"
+    )
     p.add_argument("--json", help="also write results here")
     p.set_defaults(func=_lazy("edge_agent.bench", "cli_bench"))
 

@@ -19,6 +19,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+class KeyProblem(ValueError):
+    """A cross-field rule broken by one key: reported under that key's path with its value.
+
+    Validators of a section raise it instead of a bare ValueError, so that the problem line reads
+    ``mqtt.port: value 0: rule`` rather than ``mqtt: value {...}: rule``.
+
+    Args:
+        key: The key's path relative to the section whose validator raises (``port``,
+            ``output.preview.path``).
+        value: The key's value, shown in the problem line.
+        rule: What the value breaks.
+    """
+
+    def __init__(self, key: str, value: Any, rule: str):
+        super().__init__(rule)
+        self.key, self.value, self.rule = key, value, rule
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,7 +50,11 @@ class Reconnect(Strict):
     @model_validator(mode="after")
     def _order(self) -> Reconnect:
         if self.max_backoff_s < self.initial_backoff_s:
-            raise ValueError("max_backoff_s must be >= initial_backoff_s")
+            raise KeyProblem(
+                "max_backoff_s",
+                self.max_backoff_s,
+                f"must be >= initial_backoff_s ({self.initial_backoff_s})",
+            )
         return self
 
 
@@ -167,7 +189,9 @@ class Tracking(Strict):
     @model_validator(mode="after")
     def _thresholds(self) -> Tracking:
         if self.low_threshold > self.high_threshold:
-            raise ValueError("low_threshold must be <= high_threshold")
+            raise KeyProblem(
+                "low_threshold", self.low_threshold, f"must be <= high_threshold ({self.high_threshold})"
+            )
         return self
 
 
@@ -212,8 +236,21 @@ class Smoothing(Strict):
 
 
 # ----------------------------------------------------------------------------- output
+# Containers OpenCV writes the preview's MPEG-4 video into (checked: each one written and read back).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
+
+
 class Preview(Strict):
     path: str | None = Field(None, description="annotated .mp4 per camera; '{camera}' is replaced")
+
+    @field_validator("path")
+    @classmethod
+    def _video_suffix(cls, v: str | None) -> str | None:
+        # OpenCV cannot open a writer for other names; the agent would only find out at the first frame.
+        if v is not None and PurePath(v).suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        return v
+
     blur_faces: bool = False
     fps: float = Field(0, ge=0, le=240, description="0 = source fps")
     segment_s: float = Field(
@@ -224,7 +261,7 @@ class Preview(Strict):
     @model_validator(mode="after")
     def _keep_needs_segments(self) -> Preview:
         if self.keep and not self.segment_s:
-            raise ValueError(f"keep={self.keep} needs segment_s > 0 (without segments there is one file)")
+            raise KeyProblem("keep", self.keep, "needs segment_s > 0 (without segments there is one file)")
         return self
 
 
@@ -275,11 +312,19 @@ class Mqtt(Strict):
     @model_validator(mode="after")
     def _embedded(self) -> Mqtt:
         if self.host != "embedded" and self.port == 0:
-            raise ValueError("port 0 (any free port) only works with host: embedded")
+            raise KeyProblem(
+                "port", self.port, f"0 (any free port) only works with host: embedded, not {self.host!r}"
+            )
         if self.host == "embedded" and self.tls is not None:
-            raise ValueError("the embedded broker is loopback-only and does not use tls")
+            raise KeyProblem(
+                "tls", self.tls.model_dump(), "the embedded broker is loopback-only and does not use tls"
+            )
         if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+            raise KeyProblem(
+                "reconnect_max_s",
+                self.reconnect_max_s,
+                f"must be >= reconnect_min_s ({self.reconnect_min_s})",
+            )
         return self
 
 
@@ -319,9 +364,10 @@ class AgentConfig(Strict):
         if path is not None and len(self.cameras) > 1 and "{camera}" not in path:
             p = PurePath(path)
             example = str(p.with_name(f"{p.stem}-{{camera}}{p.suffix}"))
-            raise ValueError(
-                f"output.preview.path={path!r} is one file for {len(self.cameras)} cameras: "
-                f"put '{{camera}}' in it, e.g. {example!r}"
+            raise KeyProblem(
+                "output.preview.path",
+                path,
+                f"one file for {len(self.cameras)} cameras: put '{{camera}}' in it, e.g. {example!r}",
             )
         return self
 
@@ -351,6 +397,12 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        """What every command prints: ``<source>: N problem(s)``, then one indented line per problem."""
+        return "\n".join(
+            [f"{self.source}: {len(self.problems)} problem(s)", *(f"  {p}" for p in self.problems)]
+        )
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -422,13 +474,17 @@ def format_errors(exc: ValidationError) -> list[str]:
         if err["type"] == "missing":
             lines.append(f"{path}: required key is missing")
             continue
-        value = err.get("input")
+        value, msg = err.get("input"), err["msg"]
+        problem = err.get("ctx", {}).get("error")
+        if isinstance(problem, KeyProblem):  # a section's rule about one of its keys: name that key
+            path = problem.key if path == "<root>" else _join(path, problem.key)
+            value, msg = problem.value, problem.rule
         shown = "{...}" if isinstance(value, dict) else redact(repr(value))
-        if err["loc"] and err["loc"][-1] in _SECRET_KEYS:
+        if path.rsplit(".", 1)[-1] in _SECRET_KEYS:
             shown = "<hidden>"  # error messages end up in logs; secrets must not
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{path}: value {shown}: {_printable(err['msg'])}")
+        lines.append(f"{path}: value {shown}: {_printable(msg)}")
     return lines
 
 

@@ -200,7 +200,7 @@ def cli_watch(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config).mqtt if args.config else Mqtt()
     except ConfigError as exc:
-        print(f"{exc.source}: " + "; ".join(exc.problems), file=sys.stderr)
+        print(exc.report(), file=sys.stderr)
         return 2
     host = args.host or (LOOPBACK if cfg.host == "embedded" else cfg.host)
     port = cfg.port if args.port is None else args.port

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.ranges import AT_LEAST_0, AT_LEAST_1, flag_type
+
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = ("ferplus", "expw")
@@ -84,8 +86,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from calibration.build import build_calibration_set, save_calibration_set
     from calibration.video import camera_from_uri
+    from engines.errors import EnginesInputError
     from engines.verify import read_meta
 
+    if Path(args.out).suffix != ".npz":  # before watching a stream for up to an hour
+        raise EnginesInputError(f"--out={args.out}: a view set file must end in .npz")
     model = _model_path(args.model)
     detection = None
     if args.config:
@@ -201,10 +206,20 @@ def _error_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], 
     from calibration.datasets import CalibrationDataError
     from calibration.viewset import ViewSetError
     from edge_agent.config import ConfigError
+    from edge_agent.infer import ModelLoadError
     from edge_agent.modelmeta import ModelContractError
     from engines.errors import EngineMismatchError, EnginesInputError, TensorRTUnavailable, VerificationError
+    from train.checkpoint import CheckpointError
 
-    bad_input = (EnginesInputError, CalibrationDataError, ViewSetError, ModelContractError, ConfigError)
+    bad_input = (
+        EnginesInputError,
+        CalibrationDataError,
+        ViewSetError,
+        ModelContractError,
+        ConfigError,
+        CheckpointError,
+        ModelLoadError,
+    )
     return bad_input, (VerificationError, TensorRTUnavailable, EngineMismatchError)
 
 
@@ -298,7 +313,7 @@ def register(subparsers: Any) -> None:
         default=0.9,
         help="unlabelled --samples: INT8/FP32 top-1 agreement (0.9)",
     )
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=flag_type(int, AT_LEAST_1), default=1)
     p.add_argument("--no-bench", action="store_true", help="skip the CPU latency measurement")
     _add_data(p)
     p.set_defaults(func=_guarded(_cmd_quantize), count=5000)
@@ -314,11 +329,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to fp16/fp32")
     p.add_argument("--fp32-onnx", help="FP32 ONNX for fallbacks (default: the Q/DQ file's source)")
-    p.add_argument("--dla-core", type=int, help="DLA core (Jetson AGX/NX Orin, TensorRT <= 10.7)")
+    p.add_argument(
+        "--dla-core", type=flag_type(int, AT_LEAST_0), help="DLA core (Jetson AGX/NX Orin, TensorRT <= 10.7)"
+    )
     p.add_argument("--calibration", help="calibration .npz (legacy implicit INT8 from an FP32 ONNX only)")
     p.add_argument("--timing-cache", help="timing cache file (default <out>.timing-cache)")
     p.add_argument("--workspace-mb", type=int, default=1024)
-    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--device", type=flag_type(int, AT_LEAST_0), default=0)
     p.add_argument("--samples", help="real samples .npz to check the engine against its ONNX")
     p.add_argument(
         "--no-verify", action="store_true", help="skip the post-build check (recorded in the sidecar)"
@@ -328,6 +345,6 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("verify", help="run a model on real samples and print agreement with its reference")
     p.add_argument("model", help=".onnx, .engine or .pt (or default, default-int8, default-int8-cpu)")
     p.add_argument("--reference", help="reference model (default: the source named in the sidecar)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=flag_type(int, AT_LEAST_1), default=1)
     _add_data(p)
     p.set_defaults(func=_guarded(_cmd_verify), count=256)

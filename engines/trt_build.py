@@ -193,6 +193,9 @@ def build_engine(
         raise EnginesInputError(f"ONNX {str(onnx_path)!r} is not a file")
     refuse_non_trt_qdq(onnx_path)
     views = ViewSet.load(samples) if samples is not None else None  # a bad file fails before the build
+    chain = precision_chain(precision, fallback)  # bad arguments are named before TensorRT is needed
+    if device < 0:
+        raise EnginesInputError(f"--device={device}: must be >= 0 (a CUDA device index)")
     trt = import_tensorrt()
     cudart = import_cudart()
     call(cudart, cudart.cudaSetDevice(device))
@@ -200,7 +203,6 @@ def build_engine(
     version = TrtVersion.parse(trt.__version__)
     cache_path = Path(timing_cache) if timing_cache else out.with_name(out.name + ".timing-cache")
     t0 = time.monotonic()
-    chain = precision_chain(precision, fallback)
     built = _first_buildable(
         trt, version, chain, onnx_path, fp32_onnx, dla_core, calibration, batch, cache_path, workspace_mb
     )

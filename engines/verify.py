@@ -301,6 +301,8 @@ def verify_model(
         device: CUDA device of a TensorRT engine (the one it was built on).
     """
     ref_path = Path(reference) if reference is not None else default_reference(model)
+    if reference is not None and not ref_path.is_file():
+        raise EnginesInputError(f"--reference={str(reference)!r}: is not a file")
     precision = precision_of(model)
     tol = tolerance or TOLERANCES[precision]
     outputs = []

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch would try it as a legacy pickle and report a stray byte
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (not a zip archive)")
     try:
         # weights_only: a checkpoint is tensors and plain data; unpickling anything else could run
         # code from a file someone handed us (export and verify accept any path).
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files; report them all the same way
-        raise CheckpointError(f"checkpoint {path} is not readable: {exc}") from exc
+        # torch's messages run over many lines; the first says what went wrong, and a problem is one line.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:160]
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first})"
+        ) from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an Affectline checkpoint (format {FORMAT!r})")
     missing = [key for key in REQUIRED if key not in blob]

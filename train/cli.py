@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.ranges import AT_LEAST_0, AT_LEAST_1, flag_type
+
 if TYPE_CHECKING:  # the CLI imports torch only in the command that runs
     from edge_agent.modelmeta import ModelMeta
     from train.evaluate import Predictor
@@ -71,8 +73,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from calibration.datasets import held_out_split
     from train.config import check_unique_data
+    from train.data.sources import parse_spec
 
     check_unique_data(args.data)
+    for spec in args.data:  # a typo in the last spec must not wait for the model to load
+        parse_spec(spec)
     torch.set_num_threads(args.threads)
     predictor, meta = _predictor_for(args)
     held = held_out_split(meta)
@@ -316,8 +321,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="which split (ExpW/Emotion6 use the checkpoint's held-out split; default test)",
     )
     p.add_argument("--out", default="runs/eval", help="folder for the JSON reports and PNGs")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=flag_type(int, AT_LEAST_1), default=128)
+    p.add_argument("--threads", type=flag_type(int, AT_LEAST_1), default=2)
     p.add_argument(
         "--mirror",
         action=argparse.BooleanOptionalAction,
@@ -346,15 +351,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="linear-probe accuracy of frozen encoders (pretraining ablations)")
     p.add_argument("encoders", nargs="+", help="'imagenet' and/or pretraining or fine-tuning checkpoints")
     p.add_argument("--data", action="append", required=True, help="kind:path (repeatable), e.g. ferplus:DIR")
-    p.add_argument("--train-per-source", type=int, default=4000, help="labelled training images per source")
-    p.add_argument("--seed", type=int, default=0, help="which training images are drawn")
+    p.add_argument(
+        "--train-per-source",
+        type=flag_type(int, AT_LEAST_1),
+        default=4000,
+        help="labelled training images per source",
+    )
+    p.add_argument(
+        "--seed", type=flag_type(int, AT_LEAST_0), default=0, help="which training images are drawn"
+    )
     p.add_argument("--out", default="runs/probe", help="folder for probe.json")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=flag_type(int, AT_LEAST_1), default=2)
     p.set_defaults(func=guard(_probe))
 
     p = sub.add_parser("profile", help="parameters, FLOPs per person and training throughput of models")
     p.add_argument("models", nargs="+", help="factory names, e.g. affectline_mnv2_64 affectline_mnv2_96_64")
-    p.add_argument("--steps", type=int, default=8, help="timed training steps (0 = skip throughput)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--steps",
+        type=flag_type(int, AT_LEAST_0),
+        default=8,
+        help="timed training steps (0 = skip throughput)",
+    )
+    p.add_argument("--batch-size", type=flag_type(int, AT_LEAST_1), default=64)
+    p.add_argument("--threads", type=flag_type(int, AT_LEAST_1), default=2)
     p.set_defaults(func=guard(_profile))

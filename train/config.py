@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
+from edge_agent.ranges import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Range, flag_type
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, RESAMPLES, ViewGeometry
 
 TEACHERS = ("offline", "clip", "none")
@@ -71,6 +72,55 @@ class _RunViews:
         )
 
 
+# What each numeric field allows; the same table checks recipe files and command-line flags.
+RANGES: dict[str, Range] = {
+    "epochs": AT_LEAST_1,
+    "max_steps": AT_LEAST_0,  # 0 = no step limit
+    "batch_size": AT_LEAST_1,
+    "threads": AT_LEAST_1,
+    "workers": AT_LEAST_0,
+    "seed": AT_LEAST_0,
+    "split_seed": AT_LEAST_0,
+    "max_samples": AT_LEAST_0,  # 0 = all
+    "warmup_steps": AT_LEAST_0,
+    "budget_minutes": AT_LEAST_0,  # 0 = no budget
+    "checkpoint_minutes": AT_LEAST_0,
+    "lr": POSITIVE,
+    "min_lr": AT_LEAST_0,
+    "encoder_lr_scale": AT_LEAST_0,
+    "weight_decay": AT_LEAST_0,
+    "class_power": AT_LEAST_0,
+    "va_weight": AT_LEAST_0,
+    "prior_va_weight": AT_LEAST_0,
+    "label_smoothing": FRACTION,
+    "test_fraction": FRACTION,
+    "val_fraction": FRACTION,
+    "ema_decay": FRACTION,
+    "person_scale": POSITIVE,
+    "scene_scale": POSITIVE,
+    "scene_y_shift": Range(),
+    "mask_ratio": FRACTION,  # one patch must stay visible
+    "w_profile": AT_LEAST_0,
+    "w_embed": AT_LEAST_0,
+    "w_recon": AT_LEAST_0,
+    "teacher_scene_weight": Range(0, 1),
+}
+
+
+def check_ranges(cfg: Any) -> None:
+    """Refuse a numeric field of ``cfg`` outside `RANGES` (``name=value: rule``).
+
+    Raises:
+        ValueError: the first field outside its range, or a number given as another type.
+    """
+    for f in dataclasses.fields(cfg):
+        if f.name in RANGES:
+            value = getattr(cfg, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{f.name}={value!r}: must be a number")
+            RANGES[f.name].check(f.name, value)
+
+
 @dataclass
 class FinetuneConfig(_RunViews):
     """Everything that defines a fine-tuning run (resolved and stored next to every checkpoint)."""
@@ -123,13 +173,12 @@ class FinetuneConfig(_RunViews):
         """Refuse values the loop cannot use, naming the field, the value and the allowed range.
 
         Raises:
-            ValueError: ``ema_decay`` outside [0, 1), ``select`` not one of ``SELECT``,
+            ValueError: a number outside its `RANGES` entry, ``select`` not one of ``SELECT``,
                 ``resample`` not one of ``RESAMPLES`` or a data source given twice.
         """
         self.check_resample()
         check_unique_data(self.data)
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay={self.ema_decay} outside [0, 1)")
+        check_ranges(self)
         if self.select not in SELECT:
             raise ValueError(f"select={self.select!r} not one of {SELECT}")
 
@@ -176,18 +225,15 @@ class PretrainConfig(_RunViews):
         """Refuse values the loop cannot use before any data is read, naming field, value and range.
 
         Raises:
-            ValueError: ``teacher`` not one of ``TEACHERS``, ``mask_ratio`` outside [0, 1) (one patch
-                must stay visible), ``teacher_scene_weight`` outside [0, 1], ``resample`` not one of
+            ValueError: ``teacher`` not one of ``TEACHERS``, a number outside its `RANGES` entry
+                (``mask_ratio`` in [0, 1): one patch must stay visible), ``resample`` not one of
                 ``RESAMPLES`` or a data source given twice.
         """
         self.check_resample()
         check_unique_data(self.data)
+        check_ranges(self)
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher={self.teacher!r} not one of {TEACHERS}")
-        if not 0 <= self.mask_ratio < 1:
-            raise ValueError(f"mask_ratio={self.mask_ratio} outside [0, 1)")
-        if not 0 <= self.teacher_scene_weight <= 1:
-            raise ValueError(f"teacher_scene_weight={self.teacher_scene_weight} outside [0, 1]")
 
 
 def check_unique_data(data: list[str]) -> None:
@@ -212,14 +258,26 @@ def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """Config file (``--config``, YAML or JSON) overlaid with the flags that were given.
 
     Raises:
-        ValueError: the file has keys that are not fields of ``cls``.
+        ValueError: the file cannot be read, is not a mapping, or has keys that are not fields of ``cls``.
     """
     import yaml
 
     base: dict[str, Any] = {}
     if getattr(args, "config", None):
-        with open(args.config) as fh:
-            base = yaml.safe_load(fh) or {}
+        try:
+            with open(args.config) as fh:
+                base = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ValueError(f"--config={args.config}: cannot read it ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(
+                f"--config={args.config}: not YAML or JSON ({' '.join(str(exc).split())})"
+            ) from None
+        if not isinstance(base, dict):
+            raise ValueError(
+                f"--config={args.config}: holds a {type(base).__name__}; "
+                f"expected a mapping of {cls.__name__} fields"
+            )
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(base) - names
     if unknown:
@@ -229,6 +287,21 @@ def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
         if v is not None:
             base[name] = v
     return base
+
+
+def run_config(cls: type[RunConfig], args: argparse.Namespace) -> RunConfig:
+    """The resolved config of a training command: defaults < ``--config`` file < flags.
+
+    Raises:
+        ValueError: no data source at all (neither ``--data`` nor ``data:`` in the file), or a bad
+            ``--config`` or field value.
+    """
+    merged = merge_config(cls, args)
+    if not merged.get("data"):
+        raise ValueError(
+            "--data: no data source given; pass --data KIND:PATH (repeatable) or data: in --config"
+        )
+    return cls(**merged)
 
 
 # The numeric fields each command exposes as flags, in --help order; the type comes from the config.
@@ -313,5 +386,5 @@ def _number_flags(p: argparse.ArgumentParser, cls: type, names: tuple[str, ...])
     """``--name-with-dashes`` for each numeric field (typed like the field), then ``--no-resume``."""
     types = get_type_hints(cls)
     for name in names:
-        p.add_argument("--" + name.replace("_", "-"), type=types[name], dest=name)
+        p.add_argument("--" + name.replace("_", "-"), type=flag_type(types[name], RANGES[name]), dest=name)
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None)

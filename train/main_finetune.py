@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.checkpoint import load_matching_weights, make_meta
-from train.config import AugmentConfig, FinetuneConfig, finetune_args, merge_config
+from train.config import AugmentConfig, FinetuneConfig, finetune_args, run_config
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES, DataError
 from train.data.splits import WeightedDistributedSampler, balanced_weights
@@ -242,7 +242,7 @@ class Finetuner(BudgetedLoop):
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """The resolved config of ``affectline train finetune`` (defaults < --config file < flags)."""
-    return FinetuneConfig(**merge_config(FinetuneConfig, args))
+    return run_config(FinetuneConfig, args)
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:

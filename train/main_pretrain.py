@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from train.checkpoint import make_meta
-from train.config import TEACHERS, AugmentConfig, PretrainConfig, merge_config, pretrain_args
+from train.config import TEACHERS, AugmentConfig, PretrainConfig, pretrain_args, run_config
 from train.data.dataset import DualViewDataset
 from train.data.records import CLASSES, DataError
 from train.data.splits import WeightedDistributedSampler
@@ -147,7 +147,7 @@ class Pretrainer(BudgetedLoop):
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """The resolved config of ``affectline train pretrain`` (defaults < --config file < flags)."""
-    return PretrainConfig(**merge_config(PretrainConfig, args))
+    return run_config(PretrainConfig, args)
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:

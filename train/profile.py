@@ -40,7 +40,7 @@ def train_throughput(
         ValueError: ``steps`` < 1.
     """
     if steps < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
+        raise ValueError(f"steps={steps}: must be >= 1")
     torch.set_num_threads(threads)
     sp, ss = view_sizes(name)
     model = build_model(name, pretrained=False).train()

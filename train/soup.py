@@ -61,12 +61,17 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     config hashes), so ``train evaluate`` uses the same held-out split.
 
     Raises:
-        ValueError: fewer than two paths.
+        ValueError: fewer than two paths, or one file given twice.
         CheckpointError: an unreadable ingredient, or ingredients that differ in network, views,
             classes or held-out split (the message names the first that differs).
     """
     if len(paths) < 2:
         raise ValueError(f"checkpoints: need at least 2 to average, got {len(paths)}")
+    seen: dict[Path, str | Path] = {}
+    for p in paths:
+        if Path(p).resolve() in seen:  # the "average" would repeat one model, or weight it silently
+            raise ValueError(f"checkpoints: {str(p)!r} is given twice (as {str(seen[Path(p).resolve()])!r})")
+        seen[Path(p).resolve()] = p
     blobs = [load_checkpoint(p) for p in paths]
     want = _contract(blobs[0])
     want_shapes = _shapes(blobs[0])

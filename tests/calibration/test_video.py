@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.datasets import CalibrationDataError
-from calibration.video import camera_from_uri, video_views
+from calibration.video import camera_from_uri, source_label, video_views
 from edge_agent.modelmeta import ModelMeta
 
 
@@ -27,6 +27,31 @@ def test_camera_from_uri(uri: str, kind: str) -> None:
     assert cam.source.type == kind and cam.name == "calibration"
 
 
+@pytest.mark.parametrize(
+    ("uri", "label"),
+    [
+        ("rtsp://user:pw@cam.local/stream1", "rtsp://***@cam.local/stream1"),  # credentials never stored
+        ("3", "usb3"),
+        ("v4l2src ! videoconvert ! appsink", "gstreamer-"),
+    ],
+)
+def test_source_label_names_the_stream(uri: str, label: str) -> None:
+    assert source_label(camera_from_uri(uri)).startswith(label)
+
+
+def test_different_clips_never_share_an_origin(single_face_clip: Path, one_by_one_clip: Path) -> None:
+    """Origins decide the calibration/evaluation overlap check: two clips at the same times must differ."""
+    a, b = (source_label(camera_from_uri(str(c))) for c in (single_face_clip, one_by_one_clip))
+    assert a == str(single_face_clip.resolve()) and a != b
+
+
+def test_a_file_that_is_not_a_video_is_named(meta: ModelMeta, tmp_path: Path) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(CalibrationDataError, match=r"--from-video: no frame could be read from .*notes\.mp4"):
+        video_views(meta, camera_from_uri(str(text)), seconds=1.0, n=2)
+
+
 def test_camera_from_file(single_face_clip: Path) -> None:
     assert camera_from_uri(str(single_face_clip)).source.type == "file"
 
@@ -41,8 +66,10 @@ def test_faces_from_a_real_clip(meta: ModelMeta, single_face_clip: Path) -> None
     vs, seen = video_views(meta, camera_from_uri(str(single_face_clip)), seconds=2.0, n=6, every_s=0.1)
     assert 1 <= len(vs) <= 6 and seen.faces >= len(vs) and seen.frames_with_faces >= 1
     assert seen.frames > 0 and 0 < seen.seconds <= 2.1
-    assert (vs.labels == -1).all() and all(o.startswith("video:calibration@") for o in vs.origin)
-    times = [float(o.split("@")[1].split("s#")[0]) for o in vs.origin]
+    assert (vs.labels == -1).all() and all(
+        o.startswith(f"video:{single_face_clip.resolve()}@") for o in vs.origin
+    )
+    times = [float(o.rsplit("@", 1)[1].split("s#")[0]) for o in vs.origin]
     assert times == sorted(times) and times[-1] - times[0] > 0.5  # spread over the clip, not one burst
     assert set(vs.inputs) == {"person", "scene"} and vs.inputs["person"].shape[1:] == (3, 32, 32)
     assert np.isfinite(vs.inputs["scene"]).all() and (vs.brightness > 20).all()

@@ -95,6 +95,9 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
         ViewSet.load(tmp_path / "plain.npz")
     with pytest.raises(ViewSetError, match="not a readable"):
         ViewSet.load(tmp_path / "missing.npz")
+    (tmp_path / "notes.npz").write_text("a text file")  # np.load would call it a pickle
+    with pytest.raises(ViewSetError, match=r"notes\.npz: not a view set \.npz \(not a zip archive\)"):
+        ViewSet.load(tmp_path / "notes.npz")
     with pytest.raises(ViewSetError, match="must end in .npz"):
         make().save(tmp_path / "c.npy")
 

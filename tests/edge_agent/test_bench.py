@@ -152,10 +152,12 @@ def test_soak_ends_on_time_when_its_report_cannot_be_written(tmp_path: Path, sin
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--soak", "-1"], "--soak=-1.0: minutes must be >= 0"),
-        (["--soak", "1", "--sample-s", "0"], "--sample-s=0.0: must be > 0"),
-        (["--frames", "-5"], "--frames=-5: must be >= 0"),
+        (["--soak", "-1"], "argument --soak: -1: must be >= 0"),
+        (["--soak", "nan"], "argument --soak: nan: must be >= 0"),
+        (["--soak", "1", "--sample-s", "0"], "argument --sample-s: 0: must be > 0"),
+        (["--frames", "-5"], "argument --frames: -5: must be >= 0"),
         (["--json", "/nonexistent-dir/x.json"], "--json=/nonexistent-dir/x.json: folder '/nonexistent-dir'"),
+        (["--json", "/tmp"], "--json=/tmp: is a folder; name the report file, e.g. '/tmp/bench.json'"),
     ],
 )
 def test_bad_bench_arguments_are_refused_before_anything_runs(argv: list[str], message: str) -> None:
@@ -227,5 +229,20 @@ def test_soak_publishes_as_soak_and_keeps_config_rules(single_face_clip: Path) -
         }
     )
     assert soak_cameras(cfg, [str(single_face_clip)], ["a"]).agent_id == "soak"
-    with pytest.raises(ConfigError, match="is one file for 2 cameras"):
+    with pytest.raises(ConfigError, match="output.preview.path: value 'out/run.mp4': one file for 2 cameras"):
         soak_cameras(cfg, [str(single_face_clip)] * 2, ["a", "b"])
+
+
+def test_bad_bench_config_is_reported_like_validate(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "cameras: [{name: cam, source: {type: file, path: x.mp4}}]\ninference: {max_batch: 0}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "bench", "--config", str(config), "clip.mp4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"{config}: 1 problem(s)\n  inference.max_batch: value 0: ")

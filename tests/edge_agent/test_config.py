@@ -63,18 +63,46 @@ def test_shipped_config_is_valid() -> None:
         ("cameras.0.source", {"type": "file"}, "cameras.0.source.path: required key is missing"),
         ("cameras.0.roi", [0.5, 0, 0.4, 1], "roi must satisfy"),
         ("cameras.0.fps_cap", -1, "cameras.0.fps_cap: value -1"),
-        ("cameras.0.reconnect", {"initial_backoff_s": 10, "max_backoff_s": 1}, "max_backoff_s must be >="),
-        ("tracking", {"low_threshold": 0.9, "high_threshold": 0.5}, "low_threshold must be <="),
+        (
+            "cameras.0.reconnect",
+            {"initial_backoff_s": 10, "max_backoff_s": 1},
+            "cameras.0.reconnect.max_backoff_s: value 1.0: must be >= initial_backoff_s (10.0)",
+        ),
+        (
+            "tracking",
+            {"low_threshold": 0.9, "high_threshold": 0.5},
+            "tracking.low_threshold: value 0.9: must be <= high_threshold (0.5)",
+        ),
         ("tracking.death_s", 0, "tracking.death_s: value 0"),
         ("smoothing.half_life_s", 0, "smoothing.half_life_s"),
         ("inference.backend", {"type": "tensorrt"}, "inference.backend.engine: required key is missing"),
         ("mqtt.port", 70000, "mqtt.port: value 70000"),
-        ("mqtt", {"host": "broker", "port": 0}, "port 0"),
+        (
+            "mqtt",
+            {"host": "broker", "port": 0},
+            "mqtt.port: value 0: 0 (any free port) only works with host: embedded",
+        ),
+        (
+            "mqtt",
+            {"reconnect_min_s": 5, "reconnect_max_s": 1},
+            "mqtt.reconnect_max_s: value 1.0: must be >= reconnect_min_s (5.0)",
+        ),
+        ("mqtt.tls", {"ca_certs": "ca.crt"}, "mqtt.tls: value {...}: the embedded broker is loopback-only"),
         ("mqtt.tls", {"certfile": "a.pem"}, "certfile and keyfile must be given together"),
         ("mqtt.home_assistant_prefix", "", "mqtt.home_assistant_prefix: value ''"),
         ("mqtt.home_assistant_prefix", "ha/+", "mqtt.home_assistant_prefix: value 'ha/+'"),
         ("mqtt.home_assistant_prefix", "ha/", "mqtt.home_assistant_prefix: value 'ha/'"),
         ("detectoin", {}, "detectoin: value {...}: Extra inputs are not permitted"),
+        (
+            "output.preview.path",
+            "out/{camera}.txt",
+            "output.preview.path: value 'out/{camera}.txt': Value error, must end in one of .mp4",
+        ),
+        (
+            "output.preview.path",
+            "out/{camera}",
+            "output.preview.path: value 'out/{camera}': Value error, must end in one of",
+        ),
     ],
 )
 def test_bad_values_name_path_value_and_rule(path: str, value: object, expected: str) -> None:
@@ -114,7 +142,7 @@ def test_duplicate_camera_names_rejected() -> None:
         (
             2,
             "run.mp4",
-            "output.preview.path='run.mp4' is one file for 2 cameras: put '{camera}' in it, "
+            "output.preview.path: value 'run.mp4': one file for 2 cameras: put '{camera}' in it, "
             "e.g. 'run-{camera}.mp4'",
         ),
         (2, "out/run.mp4", "e.g. 'out/run-{camera}.mp4'"),

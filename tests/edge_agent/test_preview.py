@@ -99,7 +99,7 @@ def test_preview_segments_rotate_and_prune(
 
 @pytest.mark.parametrize(
     "fields,match",
-    [({"keep": 3}, "keep=3 needs segment_s > 0"), ({"segment_s": -1}, "greater than or equal to 0")],
+    [({"keep": 3}, "needs segment_s > 0"), ({"segment_s": -1}, "greater than or equal to 0")],
 )
 def test_preview_segment_config_is_checked(fields: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):

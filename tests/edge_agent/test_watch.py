@@ -127,7 +127,11 @@ def test_watch_unreachable_broker(capsys: pytest.CaptureFixture[str]) -> None:
     "config, extra, err",
     [
         ("mqtt: {host: embedded, port: 0}\n", [], "--port 0: need the broker's port"),
-        ("mqtt: {port: 70000}\n", [], "mqtt.port: value 70000"),
+        (
+            "mqtt: {port: 70000}\n",
+            [],
+            "agent.yaml: 1 problem(s)\n  mqtt.port: value 70000",
+        ),  # validate's format
         (None, ["--port", "0"], "--port 0"),
     ],
 )

@@ -131,6 +131,30 @@ def test_calibrate_from_datasets(
             EXIT_BAD_INPUT,
             "garbage.onnx: not a readable ONNX file",
         ),
+        (  # named before the model loads or the clip is watched
+            [
+                "engines",
+                "calibrate",
+                "--model",
+                "{onnx}",
+                "--out",
+                "{tmp}/c.txt",
+                "--from-video",
+                "nowhere.mp4",
+            ],
+            EXIT_BAD_INPUT,
+            "--out={tmp}/c.txt: a view set file must end in .npz",
+        ),
+        (
+            ["engines", "export", "{garbage_pt}", "--out", "{tmp}/m.onnx", "--samples", "{eval}"],
+            EXIT_BAD_INPUT,
+            "garbage.pt is not a readable PyTorch checkpoint",
+        ),
+        (
+            ["engines", "verify", "{onnx}", "--samples", "{eval}", "--reference", "{tmp}/none.onnx"],
+            EXIT_BAD_INPUT,
+            "--reference='{tmp}/none.onnx': is not a file",
+        ),
     ],
 )
 def test_errors_are_one_line(
@@ -145,7 +169,9 @@ def test_errors_are_one_line(
 ) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\xff\xff\xff\xff")  # wire type 7 does not exist: never parses as protobuf
+    (tmp_path / "garbage.pt").write_text("not a checkpoint")
     subs = {
+        "{garbage_pt}": str(tmp_path / "garbage.pt"),
         "{garbage}": str(garbage),
         "{ckpt}": str(checkpoint),
         "{onnx}": str(fp32_onnx),
@@ -155,7 +181,7 @@ def test_errors_are_one_line(
     filled = [_fill(a, subs) for a in argv]
     assert run(filled) == code
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert _fill(message, subs) in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def _fill(arg: str, subs: dict[str, str]) -> str:

@@ -64,9 +64,16 @@ def test_fallback_source_comes_from_quantize_sidecar(
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"workspace_mb": 8}, "--workspace-mb=8"), ({"workspace_mb": 100_000}, "--workspace-mb=100000")],
+    [
+        ({"workspace_mb": 8}, "--workspace-mb=8"),
+        ({"workspace_mb": 100_000}, "--workspace-mb=100000"),
+        ({"precision": "int9"}, "--precision='int9': allowed int8, fp16, fp32"),  # before TensorRT is needed
+        ({"device": -3}, "--device=-3: must be >= 0"),
+    ],
 )
-def test_rejects_bad_workspace(int8_onnx: Path, tmp_path: Path, kwargs: dict[str, int], match: str) -> None:
+def test_rejects_bad_arguments_before_tensorrt(
+    int8_onnx: Path, tmp_path: Path, kwargs: dict[str, int], match: str
+) -> None:
     with pytest.raises(EnginesInputError, match=match):
         build_engine(int8_onnx, tmp_path / "m.engine", **kwargs)  # type: ignore[arg-type]
 
@@ -104,7 +111,7 @@ def test_without_tensorrt_says_how_to_get_it(int8_onnx: Path, tmp_path: Path) ->
 def test_unreadable_samples_fail_before_tensorrt(int8_onnx: Path, tmp_path: Path) -> None:
     bad = tmp_path / "views.npz"
     bad.write_bytes(b"not an npz")
-    with pytest.raises(ViewSetError, match="views.npz: not a readable view set"):
+    with pytest.raises(ViewSetError, match="views.npz: not a view set .npz"):
         build_engine(int8_onnx, tmp_path / "m.engine", samples=bad)
     assert not (tmp_path / "m.engine").exists()
 

@@ -99,6 +99,13 @@ def test_model_openers_reject(tmp_path: Path, name: str, message: str, opener: C
         opener(path)
 
 
+def test_a_given_reference_that_is_missing_is_named(
+    tmp_path: Path, int8_onnx: Path, eval_views: ViewSet
+) -> None:
+    with pytest.raises(EnginesInputError, match=r"^--reference='.*nope\.onnx': is not a file$"):
+        verify_model(int8_onnx, eval_views, reference=tmp_path / "nope.onnx")
+
+
 def test_reference_missing(tmp_path: Path, int8_onnx: Path) -> None:
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(int8_onnx.read_bytes())

@@ -62,7 +62,9 @@ def test_config_without_model_name_is_rejected(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "c.pt", model, None, 0, {"model": "affectline_mnv2_64"}, meta, {})
 
 
-@pytest.mark.parametrize("content,match", [(None, "does not exist"), (b"garbage", "not readable")])
+@pytest.mark.parametrize(
+    "content,match", [(None, "does not exist"), (b"garbage", "not a readable PyTorch checkpoint")]
+)
 def test_bad_checkpoint_files(tmp_path: Path, content: bytes | None, match: str) -> None:
     path = tmp_path / "c.pt"
     if content is not None:
@@ -122,6 +124,6 @@ def test_a_checkpoint_that_would_run_code_is_refused(
 ) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "payload": _RunsCode()}, path)
-    with pytest.raises(CheckpointError, match="is not readable"):
+    with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint"):
         load_checkpoint(path)
     assert "code ran" not in capsys.readouterr().out

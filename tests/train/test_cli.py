@@ -167,7 +167,8 @@ def test_finetune_with_unequal_view_sizes_exit_2(tmp_path: Path, capsys: pytest.
 def test_evaluate_missing_checkpoint_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
 ) -> None:
-    assert _cli(["train", "evaluate", str(tmp_path / name), "--data", f"manifest:{tmp_path}"]) == 2
+    (tmp_path / "m.csv").write_text("image,label\n")  # a valid spec: the checkpoint is what is wrong
+    assert _cli(["train", "evaluate", str(tmp_path / name), "--data", f"manifest:{tmp_path / 'm.csv'}"]) == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
@@ -275,3 +276,9 @@ def test_evaluate_two_sources_of_one_kind_keep_both_reports(
     }
     out = capsys.readouterr().out.splitlines()
     assert "labelled)" not in out[0] and "(of 1 labelled)" in out[1]
+
+
+def test_evaluate_checks_every_data_spec_before_loading_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """The checkpoint is missing too, but the spec is named first: a typo must not wait for a model load."""
+    assert _cli(["train", "evaluate", "/nope.pt", "--data", "ferplus:/nope", "--data", "nope:x"]) == 2
+    assert "data source 'ferplus:/nope': path /nope does not exist" in capsys.readouterr().err

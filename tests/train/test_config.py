@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from train.config import FinetuneConfig, PretrainConfig, finetune_args, merge_config, pretrain_args
+from train.config import (
+    _FINETUNE_NUMBERS,
+    _PRETRAIN_NUMBERS,
+    RANGES,
+    FinetuneConfig,
+    PretrainConfig,
+    finetune_args,
+    merge_config,
+    pretrain_args,
+    run_config,
+)
 
 
 @pytest.mark.parametrize("cls,add_flags", [(FinetuneConfig, finetune_args), (PretrainConfig, pretrain_args)])
@@ -50,8 +60,16 @@ def test_flags_left_out_keep_the_defaults() -> None:
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("ema_decay", 1.0, r"ema_decay=1.0 outside \[0, 1\)"),
+        ("ema_decay", 1.0, r"ema_decay=1.0: must be in \[0, 1\)"),
         ("ema_decay", -0.5, "ema_decay"),
+        ("epochs", 0, r"^epochs=0: must be >= 1$"),  # a recipe file's value, named by its key
+        ("batch_size", 0, r"^batch_size=0: must be >= 1$"),
+        ("threads", 0, r"^threads=0: must be >= 1$"),
+        ("budget_minutes", -1.0, r"^budget_minutes=-1.0: must be >= 0$"),
+        ("lr", 0.0, r"^lr=0.0: must be > 0$"),
+        ("lr", float("nan"), r"^lr=nan: must be > 0$"),
+        ("max_steps", -1, r"^max_steps=-1: must be >= 0$"),
+        ("epochs", "3", r"^epochs='3': must be a number$"),
         ("select", "loss", "select='loss' not one of"),
         ("select", "", "select='' not one of"),
         ("resample", "nearest", "resample='nearest' not one of"),
@@ -69,9 +87,9 @@ def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) 
     [
         ("teacher", "", "teacher='' not one of"),
         ("teacher", "CLIP", "teacher='CLIP' not one of"),
-        ("mask_ratio", 1.0, r"mask_ratio=1.0 outside \[0, 1\)"),
+        ("mask_ratio", 1.0, r"mask_ratio=1.0: must be in \[0, 1\)"),
         ("mask_ratio", -0.1, "mask_ratio=-0.1"),
-        ("teacher_scene_weight", 1.5, r"teacher_scene_weight=1.5 outside \[0, 1\]"),
+        ("teacher_scene_weight", 1.5, r"teacher_scene_weight=1.5: must be in \[0, 1\]"),
         ("teacher_scene_weight", -1.0, "teacher_scene_weight=-1.0"),
         ("resample", "", "resample='' not one of"),
         ("data", ["video:/v.mp4", "video:/v.mp4"], "data source 'video:/v.mp4' given twice"),
@@ -110,3 +128,61 @@ def test_default_recipe_file_is_a_valid_finetune_config() -> None:
     recipe = Path(__file__).parents[2] / "train" / "recipes" / "default.yaml"
     cfg = FinetuneConfig(**merge_config(FinetuneConfig, argparse.Namespace(config=str(recipe))))
     assert cfg.source_weights == {"ferplus": 1.0, "expw": 1.5, "emotion6": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--threads", "0"], "argument --threads: 0: must be >= 1"),
+        (["--batch-size", "0"], "argument --batch-size: 0: must be >= 1"),
+        (["--epochs", "0"], "argument --epochs: 0: must be >= 1"),
+        (["--budget-minutes", "-1"], "argument --budget-minutes: -1: must be >= 0"),
+        (["--lr", "nan"], "argument --lr: nan: must be > 0"),
+        (["--val-fraction", "1"], "argument --val-fraction: 1: must be in [0, 1)"),
+    ],
+)
+def test_finetune_flags_refuse_values_outside_their_range(
+    capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    p = argparse.ArgumentParser(prog="finetune")
+    finetune_args(p)
+    with pytest.raises(SystemExit) as info:
+        p.parse_args(args)
+    assert info.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"finetune: error: {error}"
+
+
+def test_every_numeric_flag_has_a_range() -> None:
+    assert set(_FINETUNE_NUMBERS) | set(_PRETRAIN_NUMBERS) <= set(RANGES)
+
+
+@pytest.mark.parametrize(
+    ("content", "data", "match"),
+    [
+        (None, ["ferplus:/d"], r"^--config=.*missing\.yaml: cannot read it \(No such file or directory\)$"),
+        (
+            "hello\n",
+            ["ferplus:/d"],
+            r"^--config=.*c\.yaml: holds a str; expected a mapping of FinetuneConfig fields$",
+        ),
+        ("[1, 2\n", ["ferplus:/d"], r"^--config=.*c\.yaml: not YAML or JSON \("),
+        ("epochs: 0\n", ["ferplus:/d"], r"^epochs=0: must be >= 1$"),
+        ("epochs: 3\n", None, r"^--data: no data source given; pass --data KIND:PATH"),
+    ],
+)
+def test_run_config_names_what_is_wrong(
+    tmp_path: Path, content: str | None, data: list[str] | None, match: str
+) -> None:
+    path = tmp_path / ("missing.yaml" if content is None else "c.yaml")
+    if content is not None:
+        path.write_text(content)
+    args = argparse.Namespace(config=str(path), data=data)
+    with pytest.raises(ValueError, match=match):
+        run_config(FinetuneConfig, args)
+
+
+def test_run_config_takes_data_from_the_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("data: ['ferplus:/d']\nepochs: 3\n")
+    cfg = run_config(
+        FinetuneConfig, argparse.Namespace(config=str(tmp_path / "c.yaml"), data=None, epochs=None)
+    )
+    assert cfg.data == ["ferplus:/d"] and cfg.epochs == 3

@@ -66,6 +66,16 @@ def test_fewer_than_two_checkpoints_are_refused(tmp_path: Path, count: int) -> N
         average_checkpoints(paths, tmp_path / "soup.pt")
 
 
+def test_one_file_twice_is_refused(tmp_path: Path) -> None:
+    a = _ingredient(tmp_path / "a.pt", 0)
+    b = _ingredient(tmp_path / "b.pt", 1)
+    with pytest.raises(
+        ValueError, match=r"checkpoints: '.*/sub/\.\./a\.pt' is given twice \(as '.*/a\.pt'\)"
+    ):
+        average_checkpoints([a, b, tmp_path / "sub" / ".." / "a.pt"], tmp_path / "soup.pt")
+    assert not (tmp_path / "soup.pt").exists()
+
+
 def test_missing_ingredient_names_the_file(tmp_path: Path) -> None:
     a = _ingredient(tmp_path / "a.pt", 0)
     with pytest.raises(CheckpointError, match="nope.pt does not exist"):
