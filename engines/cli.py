@@ -209,17 +209,21 @@ def _error_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], 
     from edge_agent.infer import ModelLoadError
     from edge_agent.modelmeta import ModelContractError
     from engines.errors import EngineMismatchError, EnginesInputError, TensorRTUnavailable, VerificationError
-    from train.checkpoint import CheckpointError
 
-    bad_input = (
+    bad_input: tuple[type[Exception], ...] = (
         EnginesInputError,
         CalibrationDataError,
         ViewSetError,
         ModelContractError,
         ConfigError,
-        CheckpointError,
         ModelLoadError,
     )
+    try:
+        from train.checkpoint import CheckpointError  # needs torch, which a Jetson may not have
+
+        bad_input += (CheckpointError,)
+    except ImportError:
+        pass
     return bad_input, (VerificationError, TensorRTUnavailable, EngineMismatchError)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,15 @@ def test_calibrate_flag_defaults_are_the_library_defaults() -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["engines", "calibrate", "--model", "m.onnx", "--out", "c.npz"])
     assert (args.every, args.count) == (DEFAULT_EVERY_S, DEFAULT_COUNT)
+
+
+def test_engines_commands_run_where_torch_is_not_installed(tmp_path: Path) -> None:
+    """A Jetson image may hold TensorRT and ONNX Runtime but no torch: bad input stays one line, exit 2."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+        "from edge_agent.cli import main\n"
+        f"sys.exit(main(['engines', 'verify', {str(tmp_path / 'none.onnx')!r}, '--samples', 'x.npz']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_BAD_INPUT and "Traceback" not in proc.stderr, proc.stderr
+    assert "none.onnx is not a file" in proc.stderr
