@@ -69,6 +69,19 @@ def source_label(camera: Camera) -> str:
     return "gstreamer-" + hashlib.sha256(src.pipeline.encode()).hexdigest()[:12]
 
 
+def recording_label(camera: Camera, started_unix: float) -> str:
+    """`source_label`, plus the UTC start of this recording for live sources.
+
+    Two recordings of one file hold the same frames and rightly share origins; two recordings of one
+    live camera hold different frames (docs/jetson.md calibrates on one and checks on the other), so
+    their origins must differ although both clocks start at 0 s.
+    """
+    label = source_label(camera)
+    if camera.source.type == "file":
+        return label
+    return f"{label}@{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started_unix))}"
+
+
 @dataclass(frozen=True)
 class VideoCapture:
     """What a video calibration run saw.
@@ -118,7 +131,7 @@ def video_views(
     source = open_source(camera)
     faces = _Faces(pre)
     tally = _Tally()
-    label = source_label(camera)
+    label = recording_label(camera, time.time())
     try:
         source.start()
         for t_stream, frame in _spaced_frames(source, camera, seconds, every_s, tally):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.datasets import CalibrationDataError
-from calibration.video import camera_from_uri, source_label, video_views
+from calibration.video import camera_from_uri, recording_label, source_label, video_views
 from edge_agent.modelmeta import ModelMeta
 
 
@@ -43,6 +43,19 @@ def test_different_clips_never_share_an_origin(single_face_clip: Path, one_by_on
     """Origins decide the calibration/evaluation overlap check: two clips at the same times must differ."""
     a, b = (source_label(camera_from_uri(str(c))) for c in (single_face_clip, one_by_one_clip))
     assert a == str(single_face_clip.resolve()) and a != b
+
+
+@pytest.mark.parametrize(
+    ("uri", "same_for_two_recordings"),
+    [("rtsp://cam/1", False), ("0", False), ("{clip}", True)],  # a file's frames are the same frames again
+)
+def test_recordings_of_a_live_camera_never_share_origins(
+    single_face_clip: Path, uri: str, same_for_two_recordings: bool
+) -> None:
+    camera = camera_from_uri(uri.replace("{clip}", str(single_face_clip)))
+    first, second = recording_label(camera, 1_700_000_000.0), recording_label(camera, 1_700_000_060.0)
+    assert (first == second) is same_for_two_recordings
+    assert first.startswith(source_label(camera))
 
 
 def test_a_file_that_is_not_a_video_is_named(meta: ModelMeta, tmp_path: Path) -> None:
