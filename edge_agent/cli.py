@@ -12,8 +12,12 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from edge_agent.ranges import AT_LEAST_0, POSITIVE, flag_type
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
 from edge_agent.shutdown import restore_handlers, saved_handlers, stop_on_signals
 
 EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -29,8 +33,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{args.config}: ok ({len(cfg.cameras)} camera(s), backend {cfg.inference.backend.type})")
+    backend = f"backend {cfg.inference.backend.type}{_model_of(cfg)}"
+    print(f"{args.config}: ok ({len(cfg.cameras)} camera(s), {backend})")
     return EXIT_OK
+
+
+def _model_of(cfg: AgentConfig) -> str:
+    """``, model FILE`` for ONNX Runtime: the file ``auto`` picks on this CPU is what an operator checks."""
+    if cfg.inference.backend.type != "onnxruntime":
+        return ""
+    from edge_agent.infer import resolve_model_path
+
+    return f", model {resolve_model_path(cfg.inference.backend.model, log_choice=False).name}"
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:

@@ -305,5 +305,7 @@ def test_validate_cli_exit_code_and_no_traceback(tmp_path: Path, content: str | 
     )
     assert proc.returncode == code
     assert "Traceback" not in proc.stderr
+    if not code:  # the file `auto` picks on this CPU, named for the operator
+        assert "backend onnxruntime, model affectline-default" in proc.stdout and ".onnx)" in proc.stdout
     if code:
         assert "cameras: value []" in proc.stderr and "mqtt.port: value -1" in proc.stderr
