@@ -153,7 +153,8 @@ class SsdBodyDetector(Strict):
     @model_validator(mode="after")
     def _pair(self) -> SsdBodyDetector:
         if (self.model_path is None) != (self.config_path is None):
-            raise ValueError("model_path and config_path must be given together")
+            missing = "config_path" if self.config_path is None else "model_path"
+            raise KeyProblem(missing, None, "model_path and config_path must be given together")
         return self
 
 
@@ -243,6 +244,13 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
 class Preview(Strict):
     path: str | None = Field(None, description="annotated .mp4 per camera; '{camera}' is replaced")
 
+    blur_faces: bool = False
+    fps: float = Field(0, ge=0, le=240, description="0 = source fps")
+    segment_s: float = Field(
+        0, ge=0, le=86_400, description="start a new file every this many seconds of video (0 = one file)"
+    )
+    keep: int = Field(0, ge=0, le=100_000, description="segments kept per camera, oldest deleted (0 = all)")
+
     @field_validator("path")
     @classmethod
     def _video_suffix(cls, v: str | None) -> str | None:
@@ -250,13 +258,6 @@ class Preview(Strict):
         if v is not None and PurePath(v).suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"must end in one of {', '.join(VIDEO_SUFFIXES)}")
         return v
-
-    blur_faces: bool = False
-    fps: float = Field(0, ge=0, le=240, description="0 = source fps")
-    segment_s: float = Field(
-        0, ge=0, le=86_400, description="start a new file every this many seconds of video (0 = one file)"
-    )
-    keep: int = Field(0, ge=0, le=100_000, description="segments kept per camera, oldest deleted (0 = all)")
 
     @model_validator(mode="after")
     def _keep_needs_segments(self) -> Preview:
@@ -280,7 +281,8 @@ class Tls(Strict):
     @model_validator(mode="after")
     def _pair(self) -> Tls:
         if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile must be given together")
+            missing = "keyfile" if self.keyfile is None else "certfile"
+            raise KeyProblem(missing, None, "certfile and keyfile must be given together")
         return self
 
 
@@ -313,7 +315,7 @@ class Mqtt(Strict):
     def _embedded(self) -> Mqtt:
         if self.host != "embedded" and self.port == 0:
             raise KeyProblem(
-                "port", self.port, f"0 (any free port) only works with host: embedded, not {self.host!r}"
+                "port", self.port, f"any free port only works with host: embedded, not {self.host!r}"
             )
         if self.host == "embedded" and self.tls is not None:
             raise KeyProblem(
@@ -536,7 +538,7 @@ def missing_files(cfg: AgentConfig) -> list[str]:
         except ModelLoadError as exc:
             problems.append(str(exc))
     for key, path in _named_files(cfg):
-        if not Path(path).expanduser().is_file():
+        if not Path(path).is_file():  # as opened: these loaders do not expand '~'
             problems.append(f"{key}: {path!r} is not a file")
     return problems
 

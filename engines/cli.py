@@ -31,7 +31,7 @@ def _specs(args: argparse.Namespace) -> list[str]:
     return list(args.data) if args.data else default_specs()
 
 
-def _model_path(name: str) -> Path:
+def _model_path(name: str, what: str = "model") -> Path:
     """The shipped file of a built-in name (``default``, ...); anything else is a path that must exist.
 
     Raises:
@@ -48,7 +48,7 @@ def _model_path(name: str) -> Path:
         )
     path = BUILTIN_MODELS.get(name, Path(name))
     if not path.is_file():
-        raise EnginesInputError(f"model {name!r}: {path} is not a file (or a built-in name: {names})")
+        raise EnginesInputError(f"{what} {name!r}: {path} is not a file (or a built-in name: {names})")
     return path
 
 
@@ -192,8 +192,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from engines.verify import read_meta, verify_model
 
     model = _model_path(args.model)
+    # Checked before the samples load; built-in names work here as for the model.
+    reference = _model_path(args.reference, "--reference") if args.reference else None
     samples = _samples(args, read_meta(model), "test", args.count)
-    report = verify_model(model, samples, reference=args.reference, threads=args.threads)
+    report = verify_model(model, samples, reference=reference, threads=args.threads)
     print(f"{report.model} ({report.precision}) vs {report.reference}: {report.agreement.line()}")
     return EXIT_OK if report.agreement.ok else EXIT_FAIL
 
@@ -209,21 +211,17 @@ def _error_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], 
     from edge_agent.infer import ModelLoadError
     from edge_agent.modelmeta import ModelContractError
     from engines.errors import EngineMismatchError, EnginesInputError, TensorRTUnavailable, VerificationError
+    from train.errors import CheckpointError  # a torch-free module: a Jetson image may have no torch
 
-    bad_input: tuple[type[Exception], ...] = (
+    bad_input = (
         EnginesInputError,
         CalibrationDataError,
         ViewSetError,
         ModelContractError,
         ConfigError,
         ModelLoadError,
+        CheckpointError,
     )
-    try:
-        from train.checkpoint import CheckpointError  # needs torch, which a Jetson may not have
-
-        bad_input += (CheckpointError,)
-    except ImportError:
-        pass
     return bad_input, (VerificationError, TensorRTUnavailable, EngineMismatchError)
 
 
@@ -254,7 +252,9 @@ def _add_data(p: argparse.ArgumentParser, samples: bool = True) -> None:
         metavar="KIND:PATH",
         help="dataset spec, repeatable (default: ../shared/data/{ferplus,expw} if present)",
     )
-    p.add_argument("--count", type=int, default=512, help="samples to use (default 512)")
+    p.add_argument(
+        "--count", type=flag_type(int, AT_LEAST_1), default=512, help="samples to use (default 512)"
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -289,8 +289,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="agent config whose detection settings to use for --from-video")
     p.add_argument("--no-datasets", action="store_true", help="camera samples only")
-    p.add_argument("--min-count", type=int, help="fail below this many samples (default: --count)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--min-count", type=flag_type(int, AT_LEAST_1), help="fail below this many samples (default: --count)"
+    )
+    p.add_argument("--seed", type=flag_type(int, AT_LEAST_0), default=0)
     p.add_argument(
         "--test-fraction", type=float, help="training's held-out share (ExpW split; default: the model's)"
     )

@@ -21,15 +21,12 @@ from torch import nn
 
 from edge_agent.modelmeta import InputSpec, ModelMeta, train_split_of
 from edge_agent.views import ViewGeometry
+from train.errors import CheckpointError
 from train.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 FORMAT = "affectline-checkpoint-1"
 # What ``save_checkpoint`` always writes and the readers index without checking.
 REQUIRED = ("model", "model_kwargs", "state_dict", "epoch", "meta_props", "config", "extra")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or lacks a required entry (message names the file)."""
 
 
 def config_sha256(config: dict[str, Any]) -> str:

@@ -25,8 +25,8 @@ def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def call(args: argparse.Namespace) -> int:
         from edge_agent.infer import ModelLoadError
         from engines.errors import VerificationError
-        from train.checkpoint import CheckpointError
         from train.data.records import DataError
+        from train.errors import CheckpointError
 
         try:
             return func(args)

@@ -80,11 +80,11 @@ RANGES: dict[str, Range] = {
     "threads": AT_LEAST_1,
     "workers": AT_LEAST_0,
     "seed": AT_LEAST_0,
-    "split_seed": AT_LEAST_0,
+    "split_seed": Range(),  # only hashed into the split's name: any integer
     "max_samples": AT_LEAST_0,  # 0 = all
     "warmup_steps": AT_LEAST_0,
     "budget_minutes": AT_LEAST_0,  # 0 = no budget
-    "checkpoint_minutes": AT_LEAST_0,
+    "checkpoint_minutes": Range(0, infinite_ok=True),  # 0 = every step, inf = only at epoch ends
     "lr": POSITIVE,
     "min_lr": AT_LEAST_0,
     "encoder_lr_scale": AT_LEAST_0,
@@ -111,14 +111,29 @@ def check_ranges(cfg: Any) -> None:
     """Refuse a numeric field of ``cfg`` outside `RANGES` (``name=value: rule``).
 
     Raises:
-        ValueError: the first field outside its range, or a number given as another type.
+        ValueError: the first field outside its range, a float for an integer field (``epochs: 2.5``
+            would silently round), or a value that is not a number at all.
     """
-    for f in dataclasses.fields(cfg):
-        if f.name in RANGES:
-            value = getattr(cfg, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{f.name}={value!r}: must be a number")
-            RANGES[f.name].check(f.name, value)
+    types = get_type_hints(type(cfg))
+    for name, allowed in RANGES.items():
+        if not hasattr(cfg, name):
+            continue
+        value, want = getattr(cfg, name), types[name]
+        if isinstance(value, bool) or not isinstance(value, int if want is int else int | float):
+            raise ValueError(f"{name}={value!r}: {_not_a_number(value, want)}")
+        allowed.check(name, value)
+
+
+def _not_a_number(value: Any, want: type) -> str:
+    """Why ``value`` is no value for a field of type ``want``, with the YAML pitfall spelt out."""
+    rule = "must be an integer" if want is int else "must be a number"
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return rule
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+        return f"{rule} (YAML reads it as text; write it with a dot and a signed exponent, e.g. 1.0e-3)"
+    return rule
 
 
 @dataclass
@@ -265,14 +280,15 @@ def merge_config(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {}
     if getattr(args, "config", None):
         try:
-            with open(args.config) as fh:
-                base = yaml.safe_load(fh) or {}
+            with open(args.config, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
         except OSError as exc:
             raise ValueError(f"--config={args.config}: cannot read it ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ValueError(
                 f"--config={args.config}: not YAML or JSON ({' '.join(str(exc).split())})"
             ) from None
+        base = {} if loaded is None else loaded  # an empty file is an empty config; [] is not
         if not isinstance(base, dict):
             raise ValueError(
                 f"--config={args.config}: holds a {type(base).__name__}; "

@@ -153,7 +153,7 @@ def test_soak_ends_on_time_when_its_report_cannot_be_written(tmp_path: Path, sin
     ("argv", "message"),
     [
         (["--soak", "-1"], "argument --soak: -1: must be >= 0"),
-        (["--soak", "nan"], "argument --soak: nan: must be >= 0"),
+        (["--soak", "nan"], "argument --soak: nan: must be a finite number >= 0"),
         (["--soak", "1", "--sample-s", "0"], "argument --sample-s: 0: must be > 0"),
         (["--frames", "-5"], "argument --frames: -5: must be >= 0"),
         (["--json", "/nonexistent-dir/x.json"], "--json=/nonexistent-dir/x.json: folder '/nonexistent-dir'"),

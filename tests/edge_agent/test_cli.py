@@ -11,7 +11,7 @@ from edge_agent.cli import build_parser
     ("argv", "error"),
     [
         (["run", "--max-seconds=-1"], "argument --max-seconds: -1: must be >= 0"),
-        (["run", "--max-seconds", "nan"], "argument --max-seconds: nan: must be >= 0"),
+        (["run", "--max-seconds", "nan"], "argument --max-seconds: nan: must be a finite number >= 0"),
         (["watch", "--seconds=-1"], "argument --seconds: -1: must be >= 0"),
         (["bench", "--frames", "1.5"], "argument --frames: '1.5': not an integer"),
         (

@@ -80,7 +80,7 @@ def test_shipped_config_is_valid() -> None:
         (
             "mqtt",
             {"host": "broker", "port": 0},
-            "mqtt.port: value 0: 0 (any free port) only works with host: embedded",
+            "mqtt.port: value 0: any free port only works with host: embedded",
         ),
         (
             "mqtt",
@@ -88,7 +88,16 @@ def test_shipped_config_is_valid() -> None:
             "mqtt.reconnect_max_s: value 1.0: must be >= reconnect_min_s (5.0)",
         ),
         ("mqtt.tls", {"ca_certs": "ca.crt"}, "mqtt.tls: value {...}: the embedded broker is loopback-only"),
-        ("mqtt.tls", {"certfile": "a.pem"}, "certfile and keyfile must be given together"),
+        (
+            "mqtt.tls",
+            {"certfile": "a.pem"},
+            "mqtt.tls.keyfile: value None: certfile and keyfile must be given together",
+        ),
+        (
+            "detection.detector",
+            {"type": "ssd_mobilenet", "model_path": "/x.pb"},
+            "detection.detector.config_path: value None: model_path and config_path must be given together",
+        ),
         ("mqtt.home_assistant_prefix", "", "mqtt.home_assistant_prefix: value ''"),
         ("mqtt.home_assistant_prefix", "ha/+", "mqtt.home_assistant_prefix: value 'ha/+'"),
         ("mqtt.home_assistant_prefix", "ha/", "mqtt.home_assistant_prefix: value 'ha/'"),

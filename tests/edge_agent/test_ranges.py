@@ -27,6 +27,9 @@ from edge_agent.ranges import AT_LEAST_0, AT_LEAST_1, FRACTION, POSITIVE, Range,
         (FRACTION, 0.999, True),
         (Range(0, 1), 1.0, True),
         (Range(hi=5, hi_open=True), 5, False),
+        (Range(0, infinite_ok=True), math.inf, True),  # "never", e.g. checkpoint_minutes
+        (Range(0, infinite_ok=True), math.nan, False),
+        (AT_LEAST_1, 10**400, True),  # a huge int compares; math.isfinite would overflow
     ],
 )
 def test_allows(allowed: Range, value: float, ok: bool) -> None:
@@ -59,8 +62,10 @@ def test_check_names_field_value_and_rule() -> None:
     [
         (int, AT_LEAST_1, "0", "0: must be >= 1"),
         (int, AT_LEAST_1, "1.5", "'1.5': not an integer"),
-        (float, AT_LEAST_0, "nan", "nan: must be >= 0"),
-        (float, AT_LEAST_0, "-inf", "-inf: must be >= 0"),
+        (float, AT_LEAST_0, "nan", "nan: must be a finite number >= 0"),
+        (float, AT_LEAST_0, "inf", "inf: must be a finite number >= 0"),  # not "inf is below 0"
+        (float, AT_LEAST_0, "-inf", "-inf: must be a finite number >= 0"),
+        (int, AT_LEAST_1, "-" + "9" * 400, "-" + "9" * 400 + ": must be >= 1"),  # no overflow in the check
         (float, AT_LEAST_0, "abc", "'abc': not a number"),
         (float, AT_LEAST_0, "2.5", None),
     ],

@@ -155,7 +155,7 @@ def test_calibrate_from_datasets(
         (
             ["engines", "verify", "{onnx}", "--samples", "{eval}", "--reference", "{tmp}/none.onnx"],
             EXIT_BAD_INPUT,
-            "--reference='{tmp}/none.onnx': is not a file",
+            "--reference '{tmp}/none.onnx': {tmp}/none.onnx is not a file (or a built-in name: default,",
         ),
     ],
 )

@@ -6,13 +6,11 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 
 from train.config import (
-    _FINETUNE_NUMBERS,
-    _PRETRAIN_NUMBERS,
     RANGES,
     FinetuneConfig,
     PretrainConfig,
@@ -67,9 +65,12 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("threads", 0, r"^threads=0: must be >= 1$"),
         ("budget_minutes", -1.0, r"^budget_minutes=-1.0: must be >= 0$"),
         ("lr", 0.0, r"^lr=0.0: must be > 0$"),
-        ("lr", float("nan"), r"^lr=nan: must be > 0$"),
+        ("lr", float("nan"), r"^lr=nan: must be a finite number > 0$"),
+        ("lr", "1e-3", r"^lr='1e-3': must be a number \(YAML reads it as text; write it with a dot"),
+        ("epochs", 2.5, r"^epochs=2.5: must be an integer$"),  # would silently round
+        ("budget_minutes", float("inf"), r"^budget_minutes=inf: must be a finite number >= 0$"),
         ("max_steps", -1, r"^max_steps=-1: must be >= 0$"),
-        ("epochs", "3", r"^epochs='3': must be a number$"),
+        ("epochs", "3", r"^epochs='3': must be an integer"),
         ("select", "loss", "select='loss' not one of"),
         ("select", "", "select='' not one of"),
         ("resample", "nearest", "resample='nearest' not one of"),
@@ -137,7 +138,7 @@ def test_default_recipe_file_is_a_valid_finetune_config() -> None:
         (["--batch-size", "0"], "argument --batch-size: 0: must be >= 1"),
         (["--epochs", "0"], "argument --epochs: 0: must be >= 1"),
         (["--budget-minutes", "-1"], "argument --budget-minutes: -1: must be >= 0"),
-        (["--lr", "nan"], "argument --lr: nan: must be > 0"),
+        (["--lr", "nan"], "argument --lr: nan: must be a finite number > 0"),
         (["--val-fraction", "1"], "argument --val-fraction: 1: must be in [0, 1)"),
     ],
 )
@@ -151,8 +152,24 @@ def test_finetune_flags_refuse_values_outside_their_range(
     assert info.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"finetune: error: {error}"
 
 
-def test_every_numeric_flag_has_a_range() -> None:
-    assert set(_FINETUNE_NUMBERS) | set(_PRETRAIN_NUMBERS) <= set(RANGES)
+@pytest.mark.parametrize("cls", [FinetuneConfig, PretrainConfig])
+def test_every_numeric_field_has_a_range(cls: type) -> None:
+    numeric = {name for name, t in get_type_hints(cls).items() if t in (int, float)}
+    assert numeric == numeric & set(RANGES), sorted(numeric - set(RANGES))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("checkpoint_minutes", float("inf")),
+        ("split_seed", -1),
+        ("warmup_steps", 0),
+        ("checkpoint_minutes", 0.0),
+    ],
+)
+def test_meaningful_edge_values_stay_allowed(field: str, value: Any) -> None:
+    """inf = checkpoint only at epoch ends; split_seed is only hashed; 0 = no warmup / every step."""
+    assert getattr(FinetuneConfig(**{field: value}), field) == value
 
 
 @pytest.mark.parametrize(
@@ -165,6 +182,8 @@ def test_every_numeric_flag_has_a_range() -> None:
             r"^--config=.*c\.yaml: holds a str; expected a mapping of FinetuneConfig fields$",
         ),
         ("[1, 2\n", ["ferplus:/d"], r"^--config=.*c\.yaml: not YAML or JSON \("),
+        ("\udcff", ["ferplus:/d"], r"^--config=.*c\.yaml: not YAML or JSON \("),  # binary: not UTF-8
+        ("[]\n", ["ferplus:/d"], r"^--config=.*c\.yaml: holds a list; expected a mapping"),
         ("epochs: 0\n", ["ferplus:/d"], r"^epochs=0: must be >= 1$"),
         ("epochs: 3\n", None, r"^--data: no data source given; pass --data KIND:PATH"),
     ],
@@ -174,7 +193,7 @@ def test_run_config_names_what_is_wrong(
 ) -> None:
     path = tmp_path / ("missing.yaml" if content is None else "c.yaml")
     if content is not None:
-        path.write_text(content)
+        path.write_text(content, errors="surrogateescape")  # '\udcff' writes the byte 0xff
     args = argparse.Namespace(config=str(path), data=data)
     with pytest.raises(ValueError, match=match):
         run_config(FinetuneConfig, args)
