@@ -87,7 +87,8 @@ def test_cli_names_an_unreadable_onnx_file(
     bad.write_bytes(content)
     with pytest.raises(ModelLoadError, match="bad.onnx"):
         agent_predictor(str(bad))
-    assert _cli(["train", "evaluate", str(bad), "--data", f"manifest:{tmp_path}"]) == 2
+    (tmp_path / "m.csv").write_text("image,label\n")  # a valid spec: the model file is what is wrong
+    assert _cli(["train", "evaluate", str(bad), "--data", f"manifest:{tmp_path / 'm.csv'}"]) == 2
     assert "bad.onnx" in capsys.readouterr().err
 
 
