@@ -70,7 +70,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     seen: dict[Path, str | Path] = {}
     for p in paths:
         if Path(p).resolve() in seen:  # the "average" would repeat one model, or weight it silently
-            raise ValueError(f"checkpoints: {str(p)!r} is given twice (as {str(seen[Path(p).resolve()])!r})")
+            first = str(seen[Path(p).resolve()])
+            spelt = "" if first == str(p) else f" (as {first!r})"
+            raise ValueError(f"checkpoints: {str(p)!r} is given twice{spelt}")
         seen[Path(p).resolve()] = p
     blobs = [load_checkpoint(p) for p in paths]
     want = _contract(blobs[0])

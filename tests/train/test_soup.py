@@ -73,6 +73,8 @@ def test_one_file_twice_is_refused(tmp_path: Path) -> None:
         ValueError, match=r"checkpoints: '.*/sub/\.\./a\.pt' is given twice \(as '.*/a\.pt'\)"
     ):
         average_checkpoints([a, b, tmp_path / "sub" / ".." / "a.pt"], tmp_path / "soup.pt")
+    with pytest.raises(ValueError, match=r"checkpoints: '.*/b\.pt' is given twice$"):
+        average_checkpoints([a, b, b], tmp_path / "soup.pt")
     assert not (tmp_path / "soup.pt").exists()
 
 
