@@ -37,6 +37,17 @@ class KeyProblem(ValueError):
         self.key, self.value, self.rule = key, value, rule
 
 
+def _both_or_neither(section: BaseModel, first: str, second: str) -> None:
+    """Refuse one of two keys that only work together, reported under the one that is missing.
+
+    Raises:
+        KeyProblem: exactly one of ``first`` and ``second`` is set.
+    """
+    a, b = getattr(section, first), getattr(section, second)
+    if (a is None) != (b is None):
+        raise KeyProblem(second if b is None else first, None, f"{first} and {second} must be given together")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,9 +163,7 @@ class SsdBodyDetector(Strict):
 
     @model_validator(mode="after")
     def _pair(self) -> SsdBodyDetector:
-        if (self.model_path is None) != (self.config_path is None):
-            missing = "config_path" if self.config_path is None else "model_path"
-            raise KeyProblem(missing, None, "model_path and config_path must be given together")
+        _both_or_neither(self, "model_path", "config_path")
         return self
 
 
@@ -280,9 +289,7 @@ class Tls(Strict):
 
     @model_validator(mode="after")
     def _pair(self) -> Tls:
-        if (self.certfile is None) != (self.keyfile is None):
-            missing = "keyfile" if self.keyfile is None else "certfile"
-            raise KeyProblem(missing, None, "certfile and keyfile must be given together")
+        _both_or_neither(self, "certfile", "keyfile")
         return self
 
 
