@@ -1,21 +1,41 @@
 #!/usr/bin/env bash
 # Make a checkpoint the shipped default model: export FP32 ONNX, quantize both INT8 files (each
 # verifies itself and writes its sidecar), then evaluate all three through the agent's own inference
-# code on the held-out parts. Needs `scripts/setup.sh train`, ../shared/data and the calibration set.
-#   bash scripts/ship_default.sh CHECKPOINT [CALIBRATION.npz] [EVAL_OUT_DIR]
+# code (mirrored, as the agent runs) on FER+ Valid and the held-out test parts. Needs
+# `scripts/setup.sh train`, ../shared/data (or AFFECTLINE_SHARED) and a calibration set cut for this
+# checkpoint (`affectline engines calibrate --model CHECKPOINT --out CAL.npz`; a set cut at other view
+# sizes is refused). Quantization tries percentile, then entropy, then minmax, as quantize's gate advises,
+# and keeps the first file that passes the gate.
+#   bash scripts/ship_default.sh CHECKPOINT CALIBRATION.npz [EVAL_OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CK=${1:?usage: scripts/ship_default.sh CHECKPOINT [CALIBRATION.npz] [EVAL_OUT_DIR]}
-CAL=${2:-runs/engines/calib-default.npz}
+usage="usage: scripts/ship_default.sh CHECKPOINT CALIBRATION.npz [EVAL_OUT_DIR]"
+CK=${1:?$usage}
+CAL=${2:?$usage}
 OUT=${3:-runs/eval-shipped}
 D=${AFFECTLINE_SHARED:-../shared}/data
 DATA=(--data "ferplus:$D/ferplus" --data "expw:$D/expw" --data "emotion6:$D/emotion6")
 M=edge_agent/models
 A=.venv/bin/affectline
+
+quantize() {  # quantize NAME [--target cpu]: the first method whose file passes the gate
+  local name=$1 method
+  shift
+  for method in percentile entropy minmax; do
+    if $A engines quantize $M/affectline-default.onnx --calibration "$CAL" --method $method "$@" \
+      --out "$M/$name.onnx"; then
+      echo "$name: $method"
+      return 0
+    fi
+  done
+  echo "$name: no calibration method passed the gate" >&2
+  return 1
+}
+
 $A engines export "$CK" --out $M/affectline-default.onnx
-$A engines quantize $M/affectline-default.onnx --calibration "$CAL" --out $M/affectline-default-int8.onnx
-$A engines quantize $M/affectline-default.onnx --calibration "$CAL" --target cpu \
-  --out $M/affectline-default-int8-cpu.onnx
+quantize affectline-default-int8
+quantize affectline-default-int8-cpu --target cpu
 for f in affectline-default affectline-default-int8 affectline-default-int8-cpu; do
-  $A train evaluate $M/$f.onnx "${DATA[@]}" --out "$OUT/$f" --threads 2
+  $A train evaluate $M/$f.onnx --data "ferplus:$D/ferplus" --split val --out "$OUT/$f-val" --threads 2 --mirror
+  $A train evaluate $M/$f.onnx "${DATA[@]}" --out "$OUT/$f" --threads 2 --mirror
 done
