@@ -69,11 +69,12 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
         raise ValueError(f"checkpoints: need at least 2 to average, got {len(paths)}")
     seen: dict[Path, str | Path] = {}
     for p in paths:
-        if Path(p).resolve() in seen:  # the "average" would repeat one model, or weight it silently
-            first = str(seen[Path(p).resolve()])
+        resolved = Path(p).resolve()
+        if resolved in seen:  # the "average" would repeat one model, or weight it silently
+            first = str(seen[resolved])
             spelt = "" if first == str(p) else f" (as {first!r})"
             raise ValueError(f"checkpoints: {str(p)!r} is given twice{spelt}")
-        seen[Path(p).resolve()] = p
+        seen[resolved] = p
     blobs = [load_checkpoint(p) for p in paths]
     want = _contract(blobs[0])
     want_shapes = _shapes(blobs[0])
