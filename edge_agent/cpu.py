@@ -83,7 +83,7 @@ def ort_session_options(threads: int, kernel: str | None = None) -> ort.SessionO
 
     ``session.x64quantprecision`` where `needs_exact_int8`: it runs the layers whose weights exceed
     7 bits on an exact U8U8 kernel, so an INT8 file gives the same answers on every CPU. Without it
-    the shipped CPU INT8 file read 79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC
+    the 96-px default's CPU INT8 file read 79.5 instead of 81.8 % on FER+ Test on an AVX2-only EPYC
     (docs/benchmarks.md, "INT8 on CPUs without VNNI"). It changes nothing for FP32 files.
 
     Args:

@@ -5,7 +5,7 @@ views, and the latency both ways (minimum over ``--rounds`` interleaved rounds o
 ``--iters`` calls, 1 intra-op thread, batch 1 and 8). docs/benchmarks.md, "The exact INT8 kernel only
 where it is needed", reports it.
 
-    python scripts/int8_option_cost.py --calibration runs/engines/calib-soup.npz
+    python scripts/int8_option_cost.py --calibration runs/engines/calib-default.npz
 """
 
 from __future__ import annotations

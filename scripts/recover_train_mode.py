@@ -1,7 +1,8 @@
 """How close a recovered checkpoint starts training: top-1 agreement with the exported file in train mode.
 
 Usage: ``python scripts/recover_train_mode.py MODEL CALIBRATION.npz`` (e.g. ``default
-runs/engines/calib-soup.npz``). Recovers MODEL, then runs the views through it in training mode (batch
+runs/engines/calib-default.npz``, a set cut for the default by ``affectline engines calibrate --model
+default``). Recovers MODEL, then runs the views through it in training mode (batch
 statistics, dropout on, batches of 64 as fine-tuning uses, seed 0) twice: with the BatchNorm statistics
 measured by ``train recover`` and with neutral ones (mean 0, variance 1, equally exact in eval mode).
 """
