@@ -80,6 +80,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         parse_spec(spec)
     torch.set_num_threads(args.threads)
     predictor, meta = _predictor_for(args)
+    if args.degrade is not None:
+        from train.evaluate import degraded
+
+        predictor = degraded(predictor, args.degrade)
     held = held_out_split(meta)
     written: set[str] = set()  # two sources of one kind must not overwrite each other's report
     for spec in args.data:
@@ -139,6 +143,7 @@ def _evaluate_spec(
         "data": spec,
         "split": split,
         "mirror_average": args.mirror,
+        "degradation": args.degrade.spec if args.degrade is not None else None,
         "config_sha256": meta.train_config_sha256,
         "readers": [r.summary() for r in splits.reports],
     }
@@ -174,6 +179,16 @@ def _part_to_evaluate(spec: str, splits: Any, split: str) -> tuple[str, list[Any
         raise DataError(f"{spec}: no {split} part{also} ({splits.readers()})")
     print(f"{spec}: no {split} part (its samples all count as test); evaluating test")
     return "test", splits.test
+
+
+def _degradation(text: str) -> Any:
+    """argparse ``type=`` for ``--degrade``: a ``Degradation``, or exit 2 naming the rule broken."""
+    from train.data.degrade import parse_degradation
+
+    try:
+        return parse_degradation(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _report_name(kind: str, split: str, written: set[str]) -> str:
@@ -329,6 +344,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=True,
         help="average each result with that of the mirrored views, as the agent's "
         "inference.mirror_average does by default (--no-mirror: one pass, as before 2026-11-27)",
+    )
+    p.add_argument(
+        "--degrade",
+        metavar="KIND:SEVERITY",
+        type=_degradation,
+        help="degrade every view before the model sees it, to measure robustness: downscale:PX, blur:SIGMA, "
+        "jpeg:QUALITY, noise:STD or dark:GAIN (sizes are at a 128-px view); seeded, so reproducible",
     )
     p.set_defaults(func=guard(_evaluate))
 

@@ -33,6 +33,45 @@ class AugmentConfig:
     saturation: float = 0.3
     grayscale: float = 0.15
     erase: float = 0.25
+    # Probability that a sample's two views get one camera degradation (train.data.degrade: a small face
+    # scaled up, blur, JPEG, sensor noise or under-exposure) at a random strength. 0 keeps the draws of
+    # every run before it exactly as they were.
+    degrade: float = 0.0
+
+
+# Allowed strength of each augmentation (``augment:`` in a recipe); probabilities are in [0, 1].
+AUGMENT_RANGES: dict[str, Range] = {
+    "flip": Range(0, 1),
+    "shift": Range(0, 0.5),
+    "scale": Range(0, 1, hi_open=True),
+    "rotate_deg": Range(0, 180),
+    "brightness": Range(0, 1),
+    "contrast": Range(0, 1),
+    "saturation": Range(0, 1),
+    "grayscale": Range(0, 1),
+    "erase": Range(0, 1),
+    "degrade": Range(0, 1),
+}
+
+
+def resolve_augment(given: dict[str, Any], defaults: AugmentConfig) -> dict[str, float]:
+    """``given`` over ``defaults``, every strength checked: the full dict a run records.
+
+    Raises:
+        ValueError: an unknown key (naming the allowed ones), a value that is not a number, or one
+            outside its ``AUGMENT_RANGES`` entry (``augment.flip=1.5: must be in [0, 1]``).
+    """
+    if not isinstance(given, dict):
+        raise ValueError(f"augment={given!r}: must be a mapping of {sorted(AUGMENT_RANGES)}")
+    unknown = set(given) - set(AUGMENT_RANGES)
+    if unknown:
+        raise ValueError(f"augment: unknown key(s) {sorted(unknown)}; allowed {sorted(AUGMENT_RANGES)}")
+    merged = {**dataclasses.asdict(defaults), **given}
+    for name, value in merged.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"augment.{name}={value!r}: {_not_a_number(value, float)}")
+        AUGMENT_RANGES[name].check(f"augment.{name}", value)
+    return {k: float(v) for k, v in merged.items()}
 
 
 class _RunViews:
@@ -194,6 +233,7 @@ class FinetuneConfig(_RunViews):
         self.check_resample()
         check_unique_data(self.data)
         check_ranges(self)
+        self.augment = resolve_augment(self.augment, AugmentConfig())
         if self.select not in SELECT:
             raise ValueError(f"select={self.select!r} not one of {SELECT}")
 
@@ -247,6 +287,7 @@ class PretrainConfig(_RunViews):
         self.check_resample()
         check_unique_data(self.data)
         check_ranges(self)
+        self.augment = resolve_augment(self.augment, AugmentConfig(erase=0.0))
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher={self.teacher!r} not one of {TEACHERS}")
 

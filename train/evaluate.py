@@ -25,6 +25,7 @@ from torch import nn
 from edge_agent.modelmeta import ModelMeta
 from edge_agent.views import ViewGeometry
 from train.data.dataset import DualViewDataset
+from train.data.degrade import Degradation, apply_batch
 from train.data.records import CLASSES, Sample
 from train.engine import normalise
 from train.metrics import calibration_report, classification_report, va_report
@@ -67,6 +68,21 @@ def mirror_averaged(predictor: Predictor) -> Predictor:
         flip = (np.ascontiguousarray(x[:, :, ::-1]) for x in (person, scene))  # (N, H, W, 3): width is axis 2
         probs_m, va_m = predictor(*flip)
         return (probs + probs_m) / 2, (va + va_m) / 2
+
+    return predict
+
+
+def degraded(predictor: Predictor, degradation: Degradation, seed: int = 0) -> Predictor:
+    """``predictor`` run on views degraded by ``degradation`` (``train.data.degrade``) before anything else.
+
+    Wraps the outside of ``mirror_averaged`` and of the agent's predictor: the camera degrades the image, and
+    the mirrored copy is of the degraded image. The noise draws come from one generator seeded with ``seed``
+    and batches arrive in a fixed order, so a report is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+
+    def predict(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return predictor(apply_batch(person, degradation, rng), apply_batch(scene, degradation, rng))
 
     return predict
 

@@ -96,6 +96,46 @@ def test_evaluate_records_mirror_average(
 
 
 @pytest.mark.parametrize(
+    ("model", "degrade"), [("checkpoint", None), ("checkpoint", "dark:0.1"), ("default", "downscale:16")]
+)
+def test_evaluate_records_the_degradation(
+    tmp_path: Path, checkpoint: Path, model: str, degrade: str | None
+) -> None:
+    """--degrade reaches checkpoints and agent models alike, and the report says which one it measured."""
+    faces = sorted(shared_path("data", "ferplus", "FER2013Test").glob("*.png"))[:4]
+    (tmp_path / "m.csv").write_text("image,label\n" + "".join(f"{p},happy\n" for p in faces))
+    name = str(checkpoint) if model == "checkpoint" else model
+    argv = ["train", "evaluate", name, "--data", f"manifest:{tmp_path / 'm.csv'}", "--threads", "1"]
+    outs = {}
+    for d in (None, degrade):
+        out = tmp_path / f"ev-{d}"
+        assert _cli([*argv, "--out", str(out), *(["--degrade", d] if d else [])]) == 0
+        outs[d] = json.loads((out / "manifest_test.json").read_text())
+    assert outs[degrade]["degradation"] == degrade
+    if model == "default":  # the shipped model's output moves when its views are degraded this much
+        assert outs[degrade]["calibration"]["nll"] != pytest.approx(
+            outs[None]["calibration"]["nll"], abs=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fog:1", "degradation kind 'fog' not one of"),
+        ("jpeg:0", "jpeg severity 0 outside [1, 100]"),
+        ("blur", "not KIND:SEVERITY"),
+    ],
+)
+def test_evaluate_refuses_a_bad_degradation(
+    capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _cli(["train", "evaluate", "default", "--data", "ferplus:/nope", "--degrade", value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "val_fraction,spec,report,n",
     [
         (None, "manifest", "manifest_test", 5),  # a manifest has no val part: test, and said so

@@ -12,6 +12,7 @@ import pytest
 
 from train.config import (
     RANGES,
+    AugmentConfig,
     FinetuneConfig,
     PretrainConfig,
     finetune_args,
@@ -76,6 +77,14 @@ def test_flags_left_out_keep_the_defaults() -> None:
         ("resample", "nearest", "resample='nearest' not one of"),
         ("data", ["expw:/d/expw", "expw:/d/expw"], "data source 'expw:/d/expw' given twice"),
         ("data", ["expw:/d/expw", "expw:/d/../d/expw/"], "given twice"),  # the same folder, spelt apart
+        ("augment", [], r"augment=\[\]: must be a mapping"),
+        ("augment", {"blur": 0.5}, r"augment: unknown key\(s\) \['blur'\]; allowed \["),
+        ("augment", {"degrade": 1.5}, r"^augment.degrade=1.5: must be in \[0, 1\]$"),
+        ("augment", {"degrade": -0.1}, r"^augment.degrade=-0.1: must be in \[0, 1\]$"),
+        ("augment", {"flip": "yes"}, r"^augment.flip='yes': must be a number$"),
+        ("augment", {"erase": True}, r"^augment.erase=True: must be a number$"),
+        ("augment", {"rotate_deg": 270}, r"^augment.rotate_deg=270: must be in \[0, 180\]$"),
+        ("augment", {"scale": 1.0}, r"^augment.scale=1.0: must be in \[0, 1\)$"),
     ],
 )
 def test_finetune_config_refuses_bad_values(field: str, value: Any, match: str) -> None:
@@ -205,3 +214,22 @@ def test_run_config_takes_data_from_the_file(tmp_path: Path) -> None:
         FinetuneConfig, argparse.Namespace(config=str(tmp_path / "c.yaml"), data=None, epochs=None)
     )
     assert cfg.data == ["ferplus:/d"] and cfg.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("cls", "given", "erase", "degrade"),
+    [
+        (FinetuneConfig, {}, 0.25, 0.0),
+        (FinetuneConfig, {"degrade": 0.3}, 0.25, 0.3),  # a partial mapping keeps the other defaults
+        (PretrainConfig, {"degrade": 0.3}, 0.0, 0.3),  # pretraining's own default (no erasing) stays
+        (PretrainConfig, {"erase": 1}, 1.0, 0.0),
+    ],
+)
+def test_augment_mapping_resolves_over_each_command_default(
+    cls: type, given: dict[str, float], erase: float, degrade: float
+) -> None:
+    """The resolved config records every strength, so a run's file says exactly what it drew."""
+    aug = cls(augment=given).augment
+    assert set(aug) == {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert aug["erase"] == erase and aug["degrade"] == degrade
+    assert all(isinstance(v, float) for v in aug.values())

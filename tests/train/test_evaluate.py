@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE
+from train.data.degrade import parse_degradation
 from train.data.records import CLASSES, Sample
-from train.evaluate import confusion_png, evaluate, mirror_averaged, write_report
+from train.evaluate import confusion_png, degraded, evaluate, mirror_averaged, write_report
 from train.metrics import calibration_report, classification_report, confusion, va_report
 
 
@@ -126,3 +127,11 @@ def test_confusion_png_size(tmp_path: Path) -> None:
     confusion_png(np.eye(7, dtype=int) * 5, CLASSES, tmp_path / "c.png", cell=40)
     img = cv2.imread(str(tmp_path / "c.png"))
     assert img.shape[0] == 90 + 7 * 40 + 10
+
+
+@pytest.mark.parametrize(("spec", "happy"), [("dark:1", 1.0), ("dark:0.3", 0.0), ("noise:5", 1.0)])
+def test_degraded_predictor_sees_the_degraded_views(spec: str, happy: float) -> None:
+    """A bright face read as happy reads as sad once under-exposed; the views reach the model degraded."""
+    person = np.full((2, 16, 16, 3), 230, np.uint8)
+    probs, _ = degraded(_brightness_predictor, parse_degradation(spec))(person, person.copy())
+    assert probs[:, 3].tolist() == [happy, happy]

@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 
 from edge_agent.views import DEFAULT_PERSON, DEFAULT_SCENE, ViewGeometry, crop_square, square_boxes
 from train.data.augment import AugmentConfig, crop_rotated, jitter_box
+from train.data.degrade import apply as apply_degradation
+from train.data.degrade import random_degradation
 from train.data.records import CLASSES, DataError, Sample
 
 TIGHT_FACE_MARGIN = 0.1
@@ -184,6 +186,11 @@ class DualViewDataset(Dataset):
             else:
                 v = crop_rotated(image, box, geo.size, angle, geo.resample)
             out.append(np.repeat(v, 3, axis=2) if v.shape[2] == 1 else v)
+        # Drawn only when on: a draw would shift every later one, and old recipes must replay as they ran.
+        aug = self.augment
+        if rng is not None and aug is not None and aug.degrade > 0 and rng.random() < aug.degrade:
+            d = random_degradation(rng)  # one for both views: one camera made them
+            out = [apply_degradation(v, d, rng) for v in out]
         if rng is not None and self.augment is not None and rng.random() < self.augment.flip:
             out = [v[:, ::-1] for v in out]
         return out[0], out[1]

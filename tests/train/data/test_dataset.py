@@ -226,3 +226,18 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int, shape: tu
     assert img.shape[:2] == shape
     if orientation == 6:
         assert img[:40].mean() > 200 and img[60:].mean() < 50
+
+
+def test_degrade_augmentation_changes_both_views_and_replays_from_the_seed(tmp_path: Path) -> None:
+    """degrade=1: every draw degrades both views (by one kind), the same way again from the same seed."""
+    path = _img(tmp_path / "a.png", 200, 200)
+    s = Sample(path, (60, 60, 140, 140), 3)
+    plain = DualViewDataset([s], augment=AugmentConfig(flip=0.0))
+    hit = DualViewDataset([s], augment=AugmentConfig(flip=0.0, degrade=1.0))
+    changed = 0
+    for seed in range(20):
+        clean = plain.views(s, np.random.default_rng(seed))
+        again = hit.views(s, np.random.default_rng(seed))
+        np.testing.assert_array_equal(again[0], hit.views(s, np.random.default_rng(seed))[0])
+        changed += all(not np.array_equal(a, b) for a, b in zip(clean, again, strict=True))
+    assert changed >= 18  # a mild JPEG or dark draw can leave a view unchanged only by chance
