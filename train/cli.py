@@ -80,10 +80,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         parse_spec(spec)
     torch.set_num_threads(args.threads)
     predictor, meta = _predictor_for(args)
-    if args.degrade is not None:
-        from train.evaluate import degraded
-
-        predictor = degraded(predictor, args.degrade)
     held = held_out_split(meta)
     written: set[str] = set()  # two sources of one kind must not overwrite each other's report
     for spec in args.data:
@@ -122,10 +118,12 @@ def _evaluate_spec(
     """Evaluate one data source, write its report and return the one-line summary."""
     from calibration.datasets import load_parts
     from train.data.records import DataError
-    from train.evaluate import evaluate, write_report
+    from train.evaluate import degraded, evaluate, write_report
 
     splits = load_parts(spec, held)
     split, samples = _part_to_evaluate(spec, splits, args.split)
+    if args.degrade is not None:  # one wrapper per source: its noise does not depend on the sources before it
+        predictor = degraded(predictor, args.degrade)
     result = evaluate(
         samples,
         predictor,
@@ -349,8 +347,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--degrade",
         metavar="KIND:SEVERITY",
         type=_degradation,
-        help="degrade every view before the model sees it, to measure robustness: downscale:PX, blur:SIGMA, "
-        "jpeg:QUALITY, noise:STD or dark:GAIN (sizes are at a 128-px view); seeded, so reproducible",
+        help="degrade every view before the model sees it, to measure robustness: downscale:PX (the face "
+        "crop's side), blur:SIGMA (px at a 128-px view), jpeg:QUALITY, noise:STD or dark:GAIN; seeded, so "
+        "reproducible",
     )
     p.set_defaults(func=guard(_evaluate))
 

@@ -193,16 +193,29 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+# Mappings whose keys grow with the code: a key the saved mapping lacks was written before it existed.
+GROWING_MAPPINGS = frozenset({"augment"})
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: saved -> current`` for each setting outside `RESUMABLE_CHANGES` that differs.
 
-    A key the saved config lacks (written before the setting existed) counts as unchanged.
+    A key the saved config lacks (written before the setting existed) counts as unchanged, and so does
+    a key of a `GROWING_MAPPINGS` entry (``augment.degrade`` in a run from before degradations).
     """
-    return [
-        f"{k}: {saved[k]!r} -> {current[k]!r}"
-        for k in sorted(current)
-        if k not in RESUMABLE_CHANGES and k in saved and saved[k] != current[k]
-    ]
+    changes = []
+    for k in sorted(current):
+        if k in RESUMABLE_CHANGES or k not in saved:
+            continue
+        old, new = saved[k], current[k]
+        if k in GROWING_MAPPINGS and isinstance(old, dict) and isinstance(new, dict):
+            changes += [
+                f"{k}.{n}: {old[n]!r} -> {new[n]!r}" for n in sorted(new) if n in old and old[n] != new[n]
+            ]
+            changes += [f"{k}.{n}: {old[n]!r} -> (absent)" for n in sorted(old) if n not in new]
+        elif old != new:
+            changes.append(f"{k}: {old!r} -> {new!r}")
+    return changes
 
 
 class BudgetedLoop:

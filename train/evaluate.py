@@ -76,13 +76,16 @@ def degraded(predictor: Predictor, degradation: Degradation, seed: int = 0) -> P
     """``predictor`` run on views degraded by ``degradation`` (``train.data.degrade``) before anything else.
 
     Wraps the outside of ``mirror_averaged`` and of the agent's predictor: the camera degrades the image, and
-    the mirrored copy is of the degraded image. The noise draws come from one generator seeded with ``seed``
-    and batches arrive in a fixed order, so a report is reproducible.
+    the mirrored copy is of the degraded image. Each view has its own noise generator, seeded from ``seed``,
+    and draws sample after sample, so a sample's noise depends on its place in the data alone, not on the
+    batch size: make one wrapper per data source for reproducible reports.
     """
-    rng = np.random.default_rng(seed)
+    rng_person, rng_scene = (np.random.default_rng((seed, view)) for view in (0, 1))
 
     def predict(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return predictor(apply_batch(person, degradation, rng), apply_batch(scene, degradation, rng))
+        return predictor(
+            apply_batch(person, degradation, rng_person), apply_batch(scene, degradation, rng_scene)
+        )
 
     return predict
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
 from train.config import AugmentConfig
-from train.engine import Runtime, normalise, seeded_runtime, to_inputs, unnormalise
+from train.engine import Runtime, config_changes, normalise, seeded_runtime, to_inputs, unnormalise
 
 
 def test_unnormalise_inverts_normalise() -> None:
@@ -31,3 +34,42 @@ def test_to_inputs_puts_augmented_views_on_the_runtime_device() -> None:
     person, scene = to_inputs(batch, rt, AugmentConfig(grayscale=0.5, erase=1.0), gen)
     assert person.device == scene.device == rt.device
     assert person.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("saved", "current", "changes"),
+    [
+        ({}, {"lr": 1e-3}, []),  # written before the setting existed
+        ({"lr": 1e-3}, {"lr": 1e-3}, []),
+        ({"lr": 1e-3}, {"lr": 2e-3}, ["lr: 0.001 -> 0.002"]),
+        ({"threads": 1}, {"threads": 2}, []),  # where it runs, not what it trains
+        # A run from before augment.degrade resumes; a changed strength does not.
+        ({"augment": {"flip": 0.5}}, {"augment": {"flip": 0.5, "degrade": 0.0}}, []),
+        (
+            {"augment": {"flip": 0.5}},
+            {"augment": {"flip": 0.0, "degrade": 0.0}},
+            ["augment.flip: 0.5 -> 0.0"],
+        ),
+        (
+            {"augment": {"flip": 0.5, "blur": 1.0}},
+            {"augment": {"flip": 0.5}},
+            ["augment.blur: 1.0 -> (absent)"],
+        ),
+        (
+            {"augment": {"flip": 0.5, "degrade": 0.0}},
+            {"augment": {"flip": 0.5, "degrade": 0.3}},
+            ["augment.degrade: 0.0 -> 0.3"],
+        ),
+        # Other mappings compare whole: a source weight the saved run lacked is a change.
+        (
+            {"source_weights": {"ferplus": 1.0}},
+            {"source_weights": {"ferplus": 1.0, "expw": 1.5}},
+            ["source_weights: "],
+        ),
+    ],
+)
+def test_config_changes_name_what_a_resume_would_change(
+    saved: dict[str, Any], current: dict[str, Any], changes: list[str]
+) -> None:
+    got = config_changes(saved, current)
+    assert len(got) == len(changes) and all(g.startswith(c) for g, c in zip(got, changes, strict=True))

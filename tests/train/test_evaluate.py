@@ -135,3 +135,23 @@ def test_degraded_predictor_sees_the_degraded_views(spec: str, happy: float) -> 
     person = np.full((2, 16, 16, 3), 230, np.uint8)
     probs, _ = degraded(_brightness_predictor, parse_degradation(spec))(person, person.copy())
     assert probs[:, 3].tolist() == [happy, happy]
+
+
+def test_degraded_noise_follows_the_samples_not_the_batches() -> None:
+    """The same views get the same noise in one batch of 6 or in batches of 4 and 2: reports do not
+    depend on --batch-size; a new wrapper starts the draws again."""
+    views = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    seen: list[np.ndarray] = []
+
+    def spy(person: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(person.copy())
+        return np.zeros((len(person), 7)), np.zeros((len(person), 2))
+
+    noise = parse_degradation("noise:5")
+    degraded(spy, noise)(views, views)
+    whole = seen.pop()
+    in_parts = degraded(spy, noise)
+    in_parts(views[:4], views[:4])
+    in_parts(views[4:], views[4:])
+    np.testing.assert_array_equal(np.concatenate(seen), whole)
+    assert np.abs(whole.astype(int) - views).mean() > 2  # the model saw noisy views

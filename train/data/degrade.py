@@ -2,15 +2,16 @@
 
 One set of pure functions serves two uses:
 
-- **Evaluation** (``affectline train evaluate --corrupt KIND:SEVERITY``): every view of a held-out part is
+- **Evaluation** (``affectline train evaluate --degrade KIND:SEVERITY``): every view of a held-out part is
   degraded the same way, so a report says how a model holds up on small, blurred, compressed, noisy or dark
   faces. The draws are seeded, so a report is reproducible.
 - **Training** (``augment.degrade``): with that probability a sample's two views get one degradation of a
   random kind and severity (``random_degradation``), so the model sees such faces while it learns.
 
 Every function takes and returns (S, S, 3) uint8 RGB views. A degradation acts on both views of a sample
-with the same strength relative to the view's side: a face that is small in the frame sits in a scene that
-is just as coarse.
+alike, in view pixels. That is a simplification: the scene view covers 3.2 times the camera pixels of the
+person view (scales 4.0 and 1.25), so a real camera gives it up to 3.2 times the detail and a third of the
+blur. The figures measured this way are pessimistic for the scene view's share of the answer.
 """
 
 from __future__ import annotations
@@ -21,17 +22,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Kind → (lowest, highest) severity accepted, and what the severity means. ``downscale``'s side is that of
-# a 128-px view; other view sides scale it (``scaled_side``).
+# Kind → (lowest, highest) severity accepted, and what the severity means. ``downscale`` is in camera
+# pixels, the same for every view size (a 32-px face crop holds 32 px whatever the model scales it to);
+# ``blur`` is relative to the face, so it is given at a 128-px view and scales with the view.
 RANGES: dict[str, tuple[float, float]] = {
-    "downscale": (8, 128),  # px: the person view's side before it is scaled back up (at 128 px)
+    "downscale": (8, 512),  # px across the face crop before it is scaled up (no smaller than the view: none)
     "blur": (0.1, 10.0),  # Gaussian sigma in px of a 128-px view (motion and focus blur alike)
     "jpeg": (1, 100),  # JPEG quality (an RTSP stream's H.264 blocks look alike)
     "noise": (0.5, 100.0),  # std of additive Gaussian noise in 8-bit levels (sensor noise, gain)
     "dark": (0.05, 1.0),  # gain on the pixel values (under-exposure; the rounding loses levels)
 }
 UNITS = {
-    "downscale": "px at a 128-px view",
+    "downscale": "px across the face crop",
     "blur": "sigma px at a 128-px view",
     "jpeg": "quality",
     "noise": "std, 8-bit levels",
@@ -88,15 +90,15 @@ def parse_degradation(spec: str) -> Degradation:
     return Degradation(kind, severity)
 
 
-def scaled_side(view_side: int, side_at_reference: float) -> int:
-    """The downscaled side for a view of ``view_side`` px: ``side_at_reference`` is for a 128-px view."""
-    return max(2, min(view_side, round(side_at_reference * view_side / REFERENCE_SIDE)))
+def downscale(view: np.ndarray, side: float) -> np.ndarray:
+    """Shrink to ``side`` px (area average, as a far camera samples) and scale back (bilinear, as the agent).
 
-
-def downscale(view: np.ndarray, side_at_reference: float) -> np.ndarray:
-    """Shrink (area average, as a far camera samples) and scale back up (bilinear, as the agent does)."""
-    s = view.shape[0]
-    small = cv2.resize(view, (scaled_side(s, side_at_reference),) * 2, interpolation=cv2.INTER_AREA)
+    A view of ``side`` px or fewer is returned as it is: it holds no more detail than that already.
+    """
+    s, small_side = view.shape[0], int(round(side))
+    if small_side >= s:
+        return view
+    small = cv2.resize(view, (small_side, small_side), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
 
 
@@ -107,10 +109,15 @@ def blur(view: np.ndarray, sigma_at_reference: float) -> np.ndarray:
 
 
 def jpeg(view: np.ndarray, quality: float) -> np.ndarray:
-    """Encode and decode as JPEG at ``quality`` (RGB order is kept: both steps see the same channels)."""
-    ok, buf = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, int(round(quality))])
+    """Encode and decode as JPEG at ``quality``.
+
+    OpenCV encodes BGR: the view is turned round first, so that luma (kept sharp) and the subsampled
+    chroma are those of the real colours.
+    """
+    bgr = cv2.cvtColor(view, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(round(quality))])
     assert ok, "OpenCV failed to JPEG-encode a uint8 image"  # cannot fail for a valid uint8 array
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(view.shape)
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def noise(view: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +143,7 @@ def apply(view: np.ndarray, d: Degradation, rng: np.random.Generator) -> np.ndar
 
 
 def apply_batch(views: np.ndarray, d: Degradation, rng: np.random.Generator) -> np.ndarray:
-    """``d`` applied to each of (N, S, S, 3) uint8 views."""
+    """``d`` applied to each of (N, S, S, 3) uint8 views, in order (so ``rng``'s draws follow the samples)."""
     return np.stack([apply(np.ascontiguousarray(v), d, rng) for v in views]) if len(views) else views
 
 

@@ -13,9 +13,10 @@ from train.data.degrade import (
     Degradation,
     apply,
     apply_batch,
+    downscale,
+    jpeg,
     parse_degradation,
     random_degradation,
-    scaled_side,
 )
 
 
@@ -27,8 +28,8 @@ from train.data.degrade import (
         ("blur:", "severity '' is not a number"),
         ("blur:x", "severity 'x' is not a number"),
         ("fog:2", "kind 'fog' not one of"),
-        ("downscale:7", "downscale severity 7 outside [8, 128]"),
-        ("downscale:129", "outside [8, 128]"),
+        ("downscale:7", "downscale severity 7 outside [8, 512]"),
+        ("downscale:513", "outside [8, 512]"),
         ("jpeg:0", "jpeg severity 0 outside [1, 100]"),
         ("dark:0", "dark severity 0 outside [0.05, 1]"),
         ("noise:nan", "noise severity nan outside"),
@@ -41,17 +42,23 @@ def test_parse_refuses_naming_the_rule(spec: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["downscale:8", "downscale:128", "blur:0.1", "jpeg:100", "noise:0.5", "dark:1"]
+    "spec", ["downscale:8", "downscale:512", "blur:0.1", "jpeg:100", "noise:0.5", "dark:1"]
 )
 def test_parse_accepts_the_range_ends(spec: str) -> None:
     assert parse_degradation(spec).spec == spec
 
 
 @pytest.mark.parametrize(
-    ("view", "ref", "side"), [(128, 24, 24), (64, 24, 12), (96, 8, 6), (32, 8, 2), (128, 128, 128)]
+    ("view", "side", "unchanged"), [(128, 128, True), (64, 64, True), (64, 96, True), (64, 32, False)]
 )
-def test_scaled_side_keeps_the_fraction_of_a_128_px_view(view: int, ref: float, side: int) -> None:
-    assert scaled_side(view, ref) == side
+def test_downscale_counts_camera_pixels_whatever_the_view_size(view: int, side: int, unchanged: bool) -> None:
+    """A 32-px face crop holds 32 px of detail whether the model scales it to 64 or 128 px."""
+    x = np.random.default_rng(0).integers(0, 256, (view, view, 3), dtype=np.uint8)
+    out = downscale(x, side)
+    assert out.shape == x.shape and np.array_equal(out, x) is unchanged
+    if not unchanged:  # what is left is exactly what a side-px image holds, scaled up
+        small = cv2.resize(x, (side, side), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(out, cv2.resize(small, (view, view), interpolation=cv2.INTER_LINEAR))
 
 
 def _face() -> np.ndarray:
@@ -114,3 +121,16 @@ def test_random_degradation_draws_every_kind_inside_its_training_range() -> None
     for d in drawn:
         lo, hi = TRAIN_RANGES[d.kind]
         assert lo <= d.severity <= hi
+
+
+def test_jpeg_keeps_colours_where_they_were() -> None:
+    """A red face stays red: OpenCV's BGR encoder must see the channels in its own order."""
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 200
+    out = jpeg(red, 90)
+    assert out[..., 0].mean() > 190 and out[..., 2].mean() < 10
+    # Chroma is subsampled, luma is not: a red/green edge blurs less than if the channels were swapped.
+    edge = np.zeros((64, 64, 3), np.uint8)
+    edge[:, :32, 0], edge[:, 32:, 1] = 255, 255
+    swapped = cv2.imdecode(cv2.imencode(".jpg", edge, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR)
+    assert np.abs(jpeg(edge, 30).astype(int) - edge).mean() < np.abs(swapped.astype(int) - edge).mean()
