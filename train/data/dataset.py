@@ -191,7 +191,7 @@ class DualViewDataset(Dataset):
         if rng is not None and aug is not None and aug.degrade > 0 and rng.random() < aug.degrade:
             d = random_degradation(rng)  # one for both views: one camera made them
             out = [apply_degradation(v, d, rng) for v in out]
-        if rng is not None and self.augment is not None and rng.random() < self.augment.flip:
+        if rng is not None and aug is not None and rng.random() < aug.flip:
             out = [v[:, ::-1] for v in out]
         return out[0], out[1]
 

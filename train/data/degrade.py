@@ -22,15 +22,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_agent.ranges import Range
+
 # Kind → (lowest, highest) severity accepted, and what the severity means. ``downscale`` is in camera
 # pixels, the same for every view size (a 32-px face crop holds 32 px whatever the model scales it to);
 # ``blur`` is relative to the face, so it is given at a 128-px view and scales with the view.
-RANGES: dict[str, tuple[float, float]] = {
-    "downscale": (8, 512),  # px across the face crop before it is scaled up (no smaller than the view: none)
-    "blur": (0.1, 10.0),  # Gaussian sigma in px of a 128-px view (motion and focus blur alike)
-    "jpeg": (1, 100),  # JPEG quality (an RTSP stream's H.264 blocks look alike)
-    "noise": (0.5, 100.0),  # std of additive Gaussian noise in 8-bit levels (sensor noise, gain)
-    "dark": (0.05, 1.0),  # gain on the pixel values (under-exposure; the rounding loses levels)
+RANGES: dict[str, Range] = {
+    "downscale": Range(8, 512),  # px across the face crop before it is scaled up (at least the view: none)
+    "blur": Range(0.1, 10.0),  # Gaussian sigma in px of a 128-px view (motion and focus blur alike)
+    "jpeg": Range(1, 100),  # JPEG quality (an RTSP stream's H.264 blocks look alike)
+    "noise": Range(0.5, 100.0),  # std of additive Gaussian noise in 8-bit levels (sensor noise, gain)
+    "dark": Range(0.05, 1.0),  # gain on the pixel values (under-exposure; the rounding loses levels)
 }
 UNITS = {
     "downscale": "px across the face crop",
@@ -62,10 +64,11 @@ class Degradation:
     def __post_init__(self) -> None:
         if self.kind not in RANGES:
             raise ValueError(f"degradation kind {self.kind!r} not one of {sorted(RANGES)}")
-        lo, hi = RANGES[self.kind]
-        if not lo <= self.severity <= hi:
+        allowed = RANGES[self.kind]
+        if not allowed.allows(self.severity):
             raise ValueError(
-                f"{self.kind} severity {self.severity:g} outside [{lo:g}, {hi:g}] ({UNITS[self.kind]})"
+                f"{self.kind} severity {self.severity:g} outside [{allowed.lo:g}, {allowed.hi:g}] "
+                f"({UNITS[self.kind]})"
             )
 
     @property
